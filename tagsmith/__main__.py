@@ -1,0 +1,5 @@
+import sys
+
+from tagsmith.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""Runs: start a pipeline graph as a recorded run, or resume one from its checkpoint.
+
+Every command is a run (store.models.Run). The graph's state is checkpointed by LangGraph's
+SQLite saver with the run id as thread id, synchronously after every step, so a crash loses
+at most the node in flight; that node's LLM calls are in the response cache, so re-running
+it costs nothing.
+
+    >>> run, state = asyncio.run(execute("probe", config, {"items": items}))
+    >>> asyncio.run(resume(run.id, config))      # continues, or reports it is done
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from tagsmith.agents.gateway import Backend, Gateway
+from tagsmith.config import Config, validate_config, deep_merge
+from tagsmith.errors import BudgetExceeded, ConfigError
+from tagsmith.store.db import Store, sqlite_path
+from tagsmith.store.models import utcnow
+
+# kind -> module implementing the pipeline protocol:
+#   build_graph() -> StateGraph (uncompiled)        finish(ctx, state) -> metrics dict
+#   export_rows(store, run) -> list[dict]  (optional)
+PIPELINES: dict[str, str] = {
+    "probe": "tagsmith.pipelines.probe",
+}
+
+
+def pipeline_module(kind: str):
+    if kind not in PIPELINES:
+        raise ConfigError(f"unknown run kind {kind!r}; known: {', '.join(sorted(PIPELINES))}")
+    return importlib.import_module(PIPELINES[kind])
+
+
+@dataclass
+class RunContext:
+    """What every node gets through LangGraph's runtime context (never checkpointed)."""
+
+    run_id: str
+    store: Store
+    gateway: Gateway
+    config: Config
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str, model):
+        from tagsmith.config import section
+
+        return section(self.config, name, model)
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.store.db, busy_timeout_ms=config.store.busy_timeout_ms)
+
+
+@asynccontextmanager
+async def checkpointer(config: Config, store: Store):
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    path = config.store.checkpoint_db or store.path
+    if path is None:
+        path = ":memory:"
+    async with AsyncSqliteSaver.from_conn_string(path) as saver:
+        conn = saver.conn
+        await conn.execute(f"PRAGMA busy_timeout={int(config.store.busy_timeout_ms)}")
+        if path != ":memory:":
+            await conn.execute("PRAGMA journal_mode=WAL")
+        yield saver
+
+
+def _graph_config(run_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000}
+
+
+async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: dict[str, Any] | None,
+                 backend: Backend | None, extras: dict[str, Any] | None) -> dict[str, Any]:
+    module = pipeline_module(kind)
+    gateway = Gateway(config.llm, store=store, run_id=run_id, backend=backend)
+    ctx = RunContext(run_id=run_id, store=store, gateway=gateway, config=config, extras=extras or {})
+    store.update_run(run_id, status="running", error=None)
+    try:
+        async with checkpointer(config, store) as saver:
+            graph = module.build_graph().compile(checkpointer=saver)
+            cfg = _graph_config(run_id)
+            snapshot = await graph.aget_state(cfg)
+            if inputs is None and snapshot.values and not snapshot.next:
+                state = snapshot.values  # finished graph; only the bookkeeping was lost
+            else:
+                start = inputs if not snapshot.values else None
+                if start is None and not snapshot.values:
+                    start = json.loads(store.require_run(run_id).inputs_json)
+                state = await graph.ainvoke(start, cfg, context=ctx, durability="sync")
+        metrics = module.finish(ctx, state)
+        run = store.require_run(run_id)
+        metrics = {**metrics, "llm_calls": run.calls, "cache_hits": run.cache_hits,
+                   "prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
+                   "cost_usd": run.cost_usd}
+        store.update_run(run_id, status="done", finished_at=utcnow(), metrics_json=json.dumps(metrics, default=float))
+        return state
+    except BudgetExceeded as exc:
+        store.update_run(run_id, status="budget", error=str(exc))
+        raise
+    except (KeyboardInterrupt, Exception) as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.update_run(run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _config_record(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+async def execute(kind: str, config: Config, inputs: dict[str, Any], *, store: Store | None = None,
+                  backend: Backend | None = None, parent_run: str | None = None,
+                  extras: dict[str, Any] | None = None, run_id: str | None = None):
+    """Start a new run of ``kind``; returns (run row, final state)."""
+    module = pipeline_module(kind)
+    own = store is None
+    store = store or open_store(config)
+    try:
+        prompts = getattr(module, "PROMPTS", ())
+        from tagsmith.prompts import prompt_hash
+
+        run = store.create_run(kind, config=_config_record(config), model=config.llm.model, inputs=inputs,
+                               parent_run=parent_run, run_id=run_id,
+                               prompt_hashes={p: prompt_hash(p) for p in prompts})
+        state = await _drive(kind, run.id, config, store, inputs, backend, extras)
+        return store.require_run(run.id), state
+    finally:
+        if own:
+            store.close()
+
+
+async def resume(run_id: str, config: Config, *, overrides: dict[str, Any] | None = None,
+                 store: Store | None = None, backend: Backend | None = None,
+                 extras: dict[str, Any] | None = None):
+    """Continue a run from its last checkpoint with its own stored configuration.
+
+    ``overrides`` (e.g. a larger budget) are merged over the stored configuration; the
+    database location always comes from ``config``."""
+    own = store is None
+    store = store or open_store(config)
+    try:
+        run = store.require_run(run_id)
+        stored = json.loads(run.config_json)
+        stored["store"] = config.store.model_dump()
+        merged = validate_config(deep_merge(stored, overrides or {}), source=f"run {run.id} configuration")
+        if merged.model_dump() != stored:
+            store.update_run(run.id, config_json=json.dumps(_config_record(merged)))
+        state = await _drive(run.kind, run.id, merged, store, None, backend, extras)
+        return store.require_run(run.id), state
+    finally:
+        if own:
+            store.close()
+
+
+def db_label(store: Store) -> str:
+    return sqlite_path(store.url) or store.url
