@@ -43,6 +43,8 @@ def sqlite_path(url: str) -> str | None:
     if not url.startswith("sqlite"):
         return None
     path = url.split(":///", 1)[1] if ":///" in url else ""
+    if path.startswith("file:"):  # sqlite:///file:PATH?mode=ro&uri=true
+        path = path[len("file:"):].split("?", 1)[0]
     return path or None
 
 
