@@ -204,9 +204,13 @@ class Gateway:
     async def call(self, prompt: str | Messages, *, schema: type[BaseModel] | None = None,
                    system: str | None = None, node: str = "", sample: int = 0,
                    logprobs: int | None = None, temperature: float | None = None,
-                   max_tokens: int | None = None, extra: dict[str, Any] | None = None) -> LLMResult:
+                   max_tokens: int | None = None, extra: dict[str, Any] | None = None,
+                   wire_schema: dict[str, Any] | None = None) -> LLMResult:
+        """``wire_schema`` overrides the JSON schema sent to the provider (e.g. enums of a
+        vocabulary) while ``schema`` stays the validator, so out-of-vocabulary answers from
+        providers that ignore enums reach code that can repair and count them."""
         messages = as_messages(prompt, system)
-        schema_json = schema.model_json_schema() if schema is not None else None
+        schema_json = wire_schema or (schema.model_json_schema() if schema is not None else None)
         mode = structured_mode(self.config)
         if schema_json is not None:
             instruction = _schema_instruction(schema_json)
@@ -230,9 +234,9 @@ class Gateway:
         key = request_key(request, schema_json, sample)
 
         if self.config.cache and self.store is not None:
-            hit = self.store.cache_get(key)
+            hit = await self.store.run(self.store.cache_get, key)
             if hit is not None:
-                return self._from_cache(hit, key, request, schema, node)
+                return await self._from_cache(hit, key, request, schema, node)
 
         self._check_budget()
         async with self._sem:
@@ -307,15 +311,15 @@ class Gateway:
                          + ". Reply again with only the corrected JSON object."}]
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
-                self._log(request, key, node, None, usage, time.perf_counter() - started, tries[0],
-                          reasks, error=exc)
+                await self._log(request, key, node, None, usage, time.perf_counter() - started, tries[0],
+                                reasks, error=exc)
             raise
         latency = time.perf_counter() - started
         payload = {"text": response.text, "prompt_tokens": usage["prompt_tokens"],
                    "completion_tokens": usage["completion_tokens"], "cost_usd": usage["cost_usd"],
                    "logprobs": _lp_to_json(response.logprobs), "reasks": reasks}
-        self._log(request, key, node, response.text, usage, latency, tries[0], reasks,
-                  cache_put=(key, payload) if self.config.cache else None)
+        await self._log(request, key, node, response.text, usage, latency, tries[0], reasks,
+                        cache_put=(key, payload) if self.config.cache else None)
         return LLMResult(text=response.text, parsed=parsed, latency_s=latency, cached=False,
                          attempts=tries[0], reasks=reasks, logprobs=response.logprobs,
                          model=request["model"], cache_key=key, **usage)
@@ -327,21 +331,21 @@ class Gateway:
         self.spent_tokens += response.prompt_tokens + response.completion_tokens
         self.spent_usd += response.cost_usd
 
-    def _from_cache(self, hit: dict[str, Any], key: str, request: dict[str, Any],
+    async def _from_cache(self, hit: dict[str, Any], key: str, request: dict[str, Any],
                     schema: type[BaseModel] | None, node: str) -> LLMResult:
         parsed = schema.model_validate_json(hit["text"]) if schema is not None else None
-        self._log(request, key, node, hit["text"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
-                  0.0, 0, 0, cache_hit=True)
+        await self._log(request, key, node, hit["text"],
+                        {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}, 0.0, 0, 0, cache_hit=True)
         return LLMResult(text=hit["text"], parsed=parsed, cached=True, attempts=0,
                          logprobs=_lp_from_json(hit.get("logprobs")), model=request["model"],
                          cache_key=key, reasks=hit.get("reasks", 0))
 
-    def _log(self, request, key, node, text, usage, latency, attempts, reasks, *, error=None,
+    async def _log(self, request, key, node, text, usage, latency, attempts, reasks, *, error=None,
              cache_hit=False, cache_put=None) -> None:
         if self.store is None:
             return
         err = None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        self.store.log_call(LLMCall(
+        await self.store.run(self.store.log_call, LLMCall(
             run_id=self.run_id, node=node, model=request["model"], cache_key=key,
             messages_json=json.dumps(request["messages"], ensure_ascii=False), response_text=text,
             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],

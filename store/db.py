@@ -9,6 +9,7 @@ registry, LLM call log, response cache and idempotent run records.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
@@ -107,6 +108,12 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    async def run(self, fn, *args: Any, **kwargs: Any) -> Any:
+        """Run a store method off the event loop. Async code must write through this: a
+        blocking SQLite write on the loop thread can deadlock with the async checkpointer,
+        whose transaction only commits when the loop gets to run again."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     # -- runs -------------------------------------------------------------------------
     def create_run(self, kind: str, *, config: dict[str, Any], model: str = "",
