@@ -230,8 +230,8 @@ _default_lock = threading.Lock()
 
 
 def default_embedder() -> Embedder:
-    """The process-wide Embedder over the bundled model, built on first use (loading takes
-    about a second and ~90 MB, so it is shared rather than rebuilt per caller)."""
+    """The process-wide Embedder over the bundled model, built on first use. It holds ~90 MB
+    of weights, so callers share one rather than each loading their own."""
     global _default
     if _default is None:
         with _default_lock:
