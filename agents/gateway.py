@@ -165,6 +165,24 @@ def as_messages(prompt: str | Messages, system: str | None = None) -> Messages:
     return msgs
 
 
+def strip_titles(schema: Any) -> Any:
+    """Drop pydantic's auto-generated "title" keys (class and field names): they add tokens
+    and small models echo them as content. Properties named "title" are kept."""
+    if isinstance(schema, dict):
+        out = {}
+        for k, v in schema.items():
+            if k == "title" and isinstance(v, str):
+                continue
+            if k == "properties" and isinstance(v, dict):
+                out[k] = {name: strip_titles(sub) for name, sub in v.items()}
+            else:
+                out[k] = strip_titles(v)
+        return out
+    if isinstance(schema, list):
+        return [strip_titles(x) for x in schema]
+    return schema
+
+
 def _schema_instruction(schema_json: dict) -> str:
     return ("Reply with one JSON object, and nothing else, that validates against this JSON schema:\n"
             + json.dumps(schema_json, separators=(",", ":")))
@@ -211,9 +229,14 @@ class Gateway:
         providers that ignore enums reach code that can repair and count them."""
         messages = as_messages(prompt, system)
         schema_json = wire_schema or (schema.model_json_schema() if schema is not None else None)
+        if schema_json is not None:
+            schema_json = strip_titles(schema_json)
         mode = structured_mode(self.config)
         if schema_json is not None:
-            instruction = _schema_instruction(schema_json)
+            # Under grammar-constrained decoding the server enforces the schema; restating it
+            # in the prompt only costs prompt tokens (and tiny models copy its words).
+            instruction = ("Reply with one JSON object." if mode == "json_object_schema"
+                           else _schema_instruction(schema_json))
             if messages and messages[0]["role"] == "system":
                 messages[0]["content"] = f"{messages[0]['content']}\n\n{instruction}"
             else:

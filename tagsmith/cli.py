@@ -18,7 +18,7 @@ from tagsmith.config import Config, load_config
 from tagsmith.errors import BudgetExceeded, TagsmithError
 
 # modules with add_commands(subparsers, common_parent)
-COMMAND_MODULES = ["tagsmith.commands.core"]
+COMMAND_MODULES = ["tagsmith.commands.core", "tagsmith.commands.tagging"]
 
 
 def common_parser() -> argparse.ArgumentParser:

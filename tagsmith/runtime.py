@@ -28,6 +28,8 @@ from tagsmith.store.models import utcnow
 #   export_rows(store, run) -> list[dict]  (optional)
 PIPELINES: dict[str, str] = {
     "probe": "tagsmith.pipelines.probe",
+    "vocab": "tagsmith.pipelines.vocabulary",
+    "tag": "tagsmith.pipelines.assignment",
 }
 
 

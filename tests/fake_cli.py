@@ -2,8 +2,9 @@
 
     python tests/fake_cli.py LOG_FILE tagsmith-args...
 
-Model strings ``fake/...`` are served by a FakeLLM whose answers derive from the request;
-every completed backend call appends one line (a hash of the request) to LOG_FILE."""
+Model strings ``fake/...`` are served by a FakeLLM whose answers derive from the request
+(tests/policies.py); every completed backend call appends one line (a hash of the
+request) to LOG_FILE. FAKE_LATENCY sets the seconds per call."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import sys
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.agents.gateway import register_backend
 from tagsmith.cli import main
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import policies  # noqa: E402
 
 
 def request_digest(request: dict) -> str:
@@ -31,13 +35,10 @@ def make_reply(log_path: str, policy):
     return reply
 
 
-def probe_policy(request: dict) -> dict:
-    digest = request_digest(request)
-    return {"genre": "drama", "audience": "adults", "mood": digest[:8]}
-
+probe_policy = policies.probe_reply
 
 if __name__ == "__main__":
     log = sys.argv[1]
     latency = float(os.environ.get("FAKE_LATENCY", "0.1"))
-    register_backend("fake", lambda cfg: FakeLLM(default=make_reply(log, probe_policy), latency_s=latency))
+    register_backend("fake", lambda cfg: FakeLLM(default=make_reply(log, policies.reply_for), latency_s=latency))
     sys.exit(main(sys.argv[2:]))

@@ -42,7 +42,7 @@ def test_bad_config_is_one_line_no_traceback(tmp_path, capsys):
 
 def test_missing_key_is_one_line(capsys, monkeypatch, db_path):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    code = main(["quickstart", "--items", "1", "--model", "openai/gpt-4o-mini", "--db", db_path])
+    code = main(["quickstart", "--probe", "--items", "1", "--model", "openai/gpt-4o-mini", "--db", db_path])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("tagsmith: error:") and "OPENAI_API_KEY" in err[-1]
 
@@ -63,7 +63,7 @@ def _fake_probe(monkeypatch):
 
 def test_quickstart_runs_list_show_export(monkeypatch, capsys, db_path, tmp_path):
     fake = _fake_probe(monkeypatch)
-    assert main(["quickstart", "--items", "3", "--model", "fake/x", "--db", db_path]) == 0
+    assert main(["quickstart", "--probe", "--items", "3", "--model", "fake/x", "--db", db_path]) == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["id"] for r in rows] == ["1", "2", "3"] and fake.calls == 3
@@ -82,7 +82,7 @@ def test_quickstart_runs_list_show_export(monkeypatch, capsys, db_path, tmp_path
     import pyarrow.parquet as pq
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 3
     # the same job again is served from the cache: no new model call
-    assert main(["quickstart", "--items", "3", "--model", "fake/x", "--db", db_path]) == 0
+    assert main(["quickstart", "--probe", "--items", "3", "--model", "fake/x", "--db", db_path]) == 0
     assert fake.calls == 3
 
 
@@ -97,7 +97,7 @@ def _paid_calls_per_key(db_path: str) -> dict[str, int]:
 def test_sigkill_mid_graph_then_resume_repeats_nothing(tmp_path, db_path, monkeypatch):
     log = tmp_path / "served.log"
     env = dict(os.environ, FAKE_LATENCY="0.15", PYTHONPATH=str(HERE))
-    child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(log), "quickstart", "--items", "16",
+    child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(log), "quickstart", "--probe", "--items", "16",
                               "--model", "fake/x", "--db", db_path, "--concurrency", "2", "--no-progress"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60

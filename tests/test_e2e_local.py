@@ -40,11 +40,34 @@ async def test_structured_output_and_logprobs_from_the_bundled_model(store):
     assert again.cached and again.parsed == result.parsed
 
 
-def test_quickstart_on_the_bundled_model(capsys, db_path):
-    assert main(["quickstart", "--items", "2", "--db", db_path, "--no-progress"]) == 0
+def test_probe_quickstart_on_the_bundled_model(capsys, db_path):
+    assert main(["quickstart", "--probe", "--items", "2", "--db", db_path, "--no-progress"]) == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["id"] for r in rows] == ["1", "2"]
     assert all(r["genre"] in {"action", "comedy", "drama", "horror", "romance", "sci-fi", "thriller",
                               "animation", "documentary", "other"} for r in rows)
     assert "2 LLM calls" in out
+
+
+def test_tagging_quickstart_on_the_bundled_model(capsys, db_path, tmp_path):
+    """The README's main job, small: vocabulary on 8 movies, one revision, 12 movies tagged."""
+    assert main(["quickstart", "--items", "12", "--sample", "8", "--rounds", "1", "--db", db_path,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "tagging tag-" in out and "done in" in out
+    from tagsmith.store.db import Store
+    from tagsmith.vocabulary import Vocabulary
+
+    store = Store(db_path)
+    vocab_run = next(r for r in store.list_runs() if r.kind == "vocab")
+    tag_run = next(r for r in store.list_runs() if r.kind == "tag")
+    assert vocab_run.status == tag_run.status == "done"
+    vocab = Vocabulary.model_validate(store.records(vocab_run.id, "vocabulary")["final"]["vocabulary"])
+    assert vocab.facets[0].name == "genres" and vocab.size() >= 5
+    tags = store.records(tag_run.id, "tag")
+    assert len(tags) == 12
+    names = set(vocab.names())
+    assert all(set(t["descriptors"]) <= names for t in tags.values())  # grammar keeps tags in vocabulary
+    metrics = json.loads(tag_run.metrics_json)
+    assert metrics["coverage"] > 0.5 and metrics["llm_calls"] >= 2

@@ -17,9 +17,14 @@ EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 
 def add_commands(sub, common) -> None:
     p = sub.add_parser("quickstart", parents=[common], help="the main job on the bundled model and data",
-                       description="Run the main job on the embedded default: the bundled SmolLM2 model "
-                                   "and bundled MovieLens-100k movies.")
-    p.add_argument("--items", type=int, default=8, help="number of bundled movies (default 8)")
+                       description="The main job on the embedded default (the bundled SmolLM2 model and "
+                                   "MovieLens-100k): build a descriptor vocabulary on a sample of movies, "
+                                   "tag the movies with it, print the metrics and where the output is.")
+    p.add_argument("--items", type=int, default=200, help="movies to tag (default 200)")
+    p.add_argument("--sample", type=int, default=40, help="movies to build the vocabulary on (default 40)")
+    p.add_argument("--rounds", type=int, default=1, help="vocabulary revision rounds (default 1; 0: draft only)")
+    p.add_argument("--probe", action="store_true",
+                   help="instead: one structured call per movie (a smoke test of the runtime)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("serve", parents=[common], help="serve the bundled model (OpenAI-compatible) until Ctrl-C")
@@ -53,6 +58,10 @@ def add_commands(sub, common) -> None:
 
 # -- quickstart -------------------------------------------------------------------------------
 def cmd_quickstart(args) -> int:
+    if not args.probe:
+        from tagsmith.commands.tagging import quickstart
+
+        return quickstart(args)
     from tagsmith.datasets import movielens_items
     from tagsmith.runtime import execute, open_store
 
