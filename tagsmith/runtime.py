@@ -30,6 +30,7 @@ PIPELINES: dict[str, str] = {
     "probe": "tagsmith.pipelines.probe",
     "vocab": "tagsmith.pipelines.vocabulary",
     "tag": "tagsmith.pipelines.assignment",
+    "evolve": "tagsmith.pipelines.evolution",
 }
 
 
