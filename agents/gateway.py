@@ -261,8 +261,10 @@ class Gateway:
             if hit is not None:
                 return await self._from_cache(hit, key, request, schema, node)
 
-        self._check_budget()
         async with self._sem:
+            # checked once a slot is free, so calls queued behind the limit see what the
+            # calls before them spent (checking before queueing let a burst overrun it)
+            self._check_budget()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:

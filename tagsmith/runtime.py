@@ -31,6 +31,7 @@ PIPELINES: dict[str, str] = {
     "vocab": "tagsmith.pipelines.vocabulary",
     "tag": "tagsmith.pipelines.assignment",
     "evolve": "tagsmith.pipelines.evolution",
+    "score": "tagsmith.pipelines.scoring",
 }
 
 
@@ -152,8 +153,7 @@ async def resume(run_id: str, config: Config, *, overrides: dict[str, Any] | Non
         stored = json.loads(run.config_json)
         stored["store"] = config.store.model_dump()
         merged = validate_config(deep_merge(stored, overrides or {}), source=f"run {run.id} configuration")
-        if merged.model_dump() != stored:
-            store.update_run(run.id, config_json=json.dumps(_config_record(merged)))
+        store.update_run(run.id, config_json=json.dumps(_config_record(merged)))  # what the run now uses
         state = await _drive(run.kind, run.id, merged, store, None, backend, extras)
         return store.require_run(run.id), state
     finally:

@@ -136,3 +136,20 @@ def test_sigkill_mid_graph_then_resume_repeats_nothing(tmp_path, db_path, monkey
     assert fake.calls == 16 - len(done_before)
     served_before = [line for line in log.read_text().split()]
     assert len(served_before) >= len(done_before)
+
+
+def test_budget_stops_cleanly_and_resume_with_more_budget_finishes(monkeypatch, capsys, db_path):
+    fake = _fake_probe(monkeypatch)
+    code = main(["quickstart", "--probe", "--items", "6", "--model", "fake/x", "--db", db_path,
+                 "--budget-tokens", "300", "--concurrency", "1"])
+    err = capsys.readouterr().err
+    assert code == 3 and "token budget spent" in err and "Traceback" not in err
+    con = sqlite3.connect(db_path)
+    run_id, status, calls = con.execute("SELECT id, status, calls FROM run").fetchone()
+    con.close()
+    assert status == "budget" and 0 < calls < 6
+    assert main(["resume", run_id, "--db", db_path, "--budget-tokens", "100000"]) == 0
+    con = sqlite3.connect(db_path)
+    status, calls = con.execute("SELECT status, calls FROM run").fetchone()
+    con.close()
+    assert status == "done" and calls == 6 and fake.calls == 6  # nothing asked twice
