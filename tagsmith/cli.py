@@ -18,7 +18,8 @@ from tagsmith.config import Config, load_config
 from tagsmith.errors import BudgetExceeded, TagsmithError
 
 # modules with add_commands(subparsers, common_parent)
-COMMAND_MODULES = ["tagsmith.commands.core", "tagsmith.commands.tagging", "tagsmith.commands.evolve"]
+COMMAND_MODULES = ["tagsmith.commands.core", "tagsmith.commands.tagging", "tagsmith.commands.evolve",
+                   "tagsmith.commands.scoring"]
 
 
 def common_parser() -> argparse.ArgumentParser:

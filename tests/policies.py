@@ -90,8 +90,27 @@ def probe_reply(request: dict) -> dict:
     return {"genre": "drama", "audience": "adults", "mood": digest[:8]}
 
 
-def reply_for(request: dict) -> dict:
+def scorer_reply(request: dict):
+    """P(yes) from the text: documents that mention 'junk' lean no. With logprobs asked for,
+    the first token carries top alternatives; without, a sampled one-word answer."""
+    from tagsmith.agents.fake import FakeReply
+    from tagsmith.agents.gateway import TokenLogprob
+
+    user = _user(request)
+    junk = "junk" in user.split("###")[1]
+    p = 0.2 if junk else 0.8
+    if request.get("logprobs"):
+        import math
+        top = [("yes" if p >= 0.5 else "no", math.log(max(p, 1 - p))), (" Yes", math.log(min(p, 1 - p)) - 0.5),
+               ("no" if p >= 0.5 else "yes", math.log(min(p, 1 - p))), ("The", -4.0)]
+        return FakeReply(top[0][0], logprobs=[TokenLogprob(top[0][0], top[0][1], top)])
+    return FakeReply("yes" if (_h(user + str(request.get("temperature"))) % 100) / 100 < p else "no")
+
+
+def reply_for(request: dict):
     system, user = _system(request), _user(request)
+    if "rate training data" in system:
+        return scorer_reply(request)
     if "architect" in system:
         return draft_reply(request) if "Draft a vocabulary" in user else revise_reply(request)
     if "annotator" in system:
