@@ -91,7 +91,9 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
             graph = module.build_graph().compile(checkpointer=saver)
             cfg = _graph_config(run_id)
             snapshot = await graph.aget_state(cfg)
-            if inputs is None and snapshot.values and not snapshot.next:
+            # ``next`` leaves out tasks whose writes were saved before a crash that came ahead
+            # of the step's checkpoint; the graph is only finished when no task is left at all.
+            if inputs is None and snapshot.values and not snapshot.next and not snapshot.tasks:
                 state = snapshot.values  # finished graph; only the bookkeeping was lost
             else:
                 start = inputs if not snapshot.values else None
