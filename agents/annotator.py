@@ -54,7 +54,8 @@ def wire_schema(vocab: Vocabulary, item_ids: list[str], max_uncovered: int = 4) 
             "tags": {"type": "array", "minItems": len(item_ids), "maxItems": len(item_ids), "items": {
                 "type": "object", "properties": {
                     "item_id": {"type": "string", "enum": item_ids},
-                    "descriptors": {"type": "array", "items": name, "maxItems": 6}},
+                    # at least one: the closest descriptors; what they miss goes to "uncovered"
+                    "descriptors": {"type": "array", "items": name, "minItems": 1, "maxItems": 6}},
                 "required": ["item_id", "descriptors"]}},
             "uncovered": {"type": "array", "maxItems": max_uncovered, "items": {
                 "type": "object", "properties": {

@@ -60,11 +60,15 @@ class BatchStats:
     raw_outputs: list[str] = field(default_factory=list)
 
 
-def wire_schema(vocab: Vocabulary, item_ids: list[str], per_facet: int) -> dict:
+def wire_schema(vocab: Vocabulary, item_ids: list[str], per_facet: int, require_first: bool = True) -> dict:
+    """Per-facet enums. With ``require_first`` the coarsest facet needs one descriptor, so
+    every item gets the first element of its semantic ID."""
     props: dict[str, Any] = {"id": {"type": "string", "enum": item_ids}}
-    for f in vocab.facets:
+    for n, f in enumerate(vocab.facets):
         props[f.name] = {"type": "array", "maxItems": per_facet,
                          "items": {"type": "string", "enum": [d.name for d in f.descriptors]}}
+        if n == 0 and require_first:
+            props[f.name]["minItems"] = 1
     return {"type": "object", "required": ["items"], "properties": {"items": {
         "type": "array", "minItems": len(item_ids), "maxItems": len(item_ids),
         "items": {"type": "object", "properties": props, "required": list(props)}}}}
