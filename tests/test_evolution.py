@@ -254,3 +254,28 @@ def test_sigkill_evolution_then_resume(tmp_path):
     evaluated = log.read_text().split()
     # each stored step was evaluated once; at most the two in flight at the kill ran twice
     assert len(evaluated) <= len(steps) + 1 + 2
+
+
+async def test_idea_cap_pruning_follows_the_model_then_the_code_rule():
+    from tagsmith.pipelines.evolution import _prune
+
+    ideas = [{"id": f"I{n}", "status": s, "count": c, "description": f"idea {n}", "history": []}
+             for n, s, c in [(1, "validated", 5), (2, "invalidated", 4), (3, "in progress", 1),
+                             (4, "new", 0), (5, "in progress", 3), (6, "new", 0), (7, "new", 0)]]
+
+    class Chooser:
+        def __init__(self, drop):
+            self.drop, self.seen = drop, None
+
+        async def prune(self, ideas, cap):
+            self.seen = (len(ideas), cap)
+            return self.drop
+
+    # the model's choice is applied, but the idea being worked on is never dropped
+    kept = await _prune(Chooser(["I2", "I4", "I7"]), ideas, cap=5, keep="I7")
+    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6", "I7"]
+    # the model drops too few: invalidated first, then the least tried; validated ideas stay
+    chooser = Chooser([])
+    kept = await _prune(chooser, ideas, cap=4, keep="I6")
+    assert chooser.seen == (7, 4)
+    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6"]
