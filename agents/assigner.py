@@ -30,9 +30,9 @@ Nearest = Callable[[list[str]], list[tuple[str, float]]]
 
 
 class RawBatch(BaseModel):
-    """Lenient validator: any list of objects. Code checks ids and names itself."""
+    """Lenient validator: items keyed by id, or a list of objects. Code checks ids and names."""
 
-    items: list[dict[str, Any]] = Field(default_factory=list)
+    items: dict[str, Any] | list[Any] = Field(default_factory=list)
 
 
 @dataclass
@@ -61,17 +61,26 @@ class BatchStats:
 
 
 def wire_schema(vocab: Vocabulary, item_ids: list[str], per_facet: int, require_first: bool = True) -> dict:
-    """Per-facet enums. With ``require_first`` the coarsest facet needs one descriptor, so
+    """Items keyed by id, so a constrained decoder writes each item exactly once, in order
+    (a list of {"id": enum} objects let a small model repeat one id and skip another);
+    per-facet enums. With ``require_first`` the coarsest facet needs one descriptor, so
     every item gets the first element of its semantic ID."""
-    props: dict[str, Any] = {"id": {"type": "string", "enum": item_ids}}
+    props: dict[str, Any] = {}
     for n, f in enumerate(vocab.facets):
         props[f.name] = {"type": "array", "maxItems": per_facet,
                          "items": {"type": "string", "enum": [d.name for d in f.descriptors]}}
         if n == 0 and require_first:
             props[f.name]["minItems"] = 1
+    item = {"type": "object", "properties": props, "required": list(props)}
     return {"type": "object", "required": ["items"], "properties": {"items": {
-        "type": "array", "minItems": len(item_ids), "maxItems": len(item_ids),
-        "items": {"type": "object", "properties": props, "required": list(props)}}}}
+        "type": "object", "properties": {i: item for i in item_ids}, "required": list(item_ids)}}}
+
+
+def entries_of(items: Any) -> list[dict[str, Any]]:
+    """Both reply shapes as a list of entries: {"7": {...}} (keyed) or [{"id": "7", ...}]."""
+    if isinstance(items, dict):
+        return [{"id": k, **v} if isinstance(v, dict) else {"id": k} for k, v in items.items()]
+    return [e for e in items if isinstance(e, dict)] if isinstance(items, list) else []
 
 
 def resolve(entries: list[dict[str, Any]], vocab: Vocabulary, item_ids: list[str], per_facet: int,
@@ -133,7 +142,7 @@ async def _ask(gateway: Gateway, vocab: Vocabulary, items: list[dict], domain: s
                                 max_tokens=max_tokens, sample=sample)
     stats.calls += 0 if result.cached else 1
     stats.raw_outputs.append(result.text)
-    return result.parsed.items
+    return entries_of(result.parsed.items)
 
 
 async def assign(gateway: Gateway, vocab: Vocabulary, items: list[dict], *, domain: str, per_facet: int = 2,

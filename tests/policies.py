@@ -71,17 +71,11 @@ def annotator_reply(request: dict) -> dict:
 
 def assigner_reply(request: dict) -> dict:
     schema = wire_schema(request)
-    item_schema = schema["properties"]["items"]["items"]["properties"]
-    ids = item_schema["id"]["enum"]
-    out = []
-    for i in ids:
-        row: dict[str, Any] = {"id": i}
-        for facet, spec in item_schema.items():
-            if facet == "id":
-                continue
-            names = spec["items"]["enum"]
-            row[facet] = [names[_h(i + facet) % len(names)]]
-        out.append(row)
+    per_item = schema["properties"]["items"]["properties"]
+    out = {}
+    for i, spec in per_item.items():
+        out[i] = {facet: [fs["items"]["enum"][_h(i + facet) % len(fs["items"]["enum"])]]
+                  for facet, fs in spec["properties"].items()}
     return {"items": out}
 
 

@@ -130,8 +130,19 @@ async def test_assigner_repairs_oov_by_embedding_then_reasks(store):
     assert tags["3"].descriptors == ["dark"] and tags["3"].semantic_id == ["", "dark"]
     assert stats.reasked_items == 2 and stats.missing_items == 1 and fake.calls == 4
     schema = fake.requests[0]["response_format"]["json_schema"]["schema"]
-    assert schema["properties"]["items"]["items"]["properties"]["genre"]["items"]["enum"] == \
-        ["comedy", "drama", "action", "thriller"]
+    per_item = schema["properties"]["items"]["properties"]
+    assert list(per_item) == ["1", "2", "3"] and schema["properties"]["items"]["required"] == ["1", "2", "3"]
+    assert per_item["1"]["properties"]["genre"]["items"]["enum"] == ["comedy", "drama", "action", "thriller"]
+    assert per_item["1"]["properties"]["genre"]["minItems"] == 1  # the coarsest facet is required
+
+
+async def test_assigner_reads_replies_keyed_by_id(store):
+    fake = FakeLLM().enqueue({"items": {"1": {"genre": ["drama"], "mood": ["dark"]}, "2": {"genre": ["comedy"]}}})
+    gw = Gateway(LLMConfig(model="fake/x"), store=store, backend=fake)
+    tags, stats = await assigner.assign(gw, vocab(), [{"id": "1", "text": "a"}, {"id": "2", "text": "b"}],
+                                        domain="movies")
+    assert tags["1"].descriptors == ["drama", "dark"] and tags["2"].semantic_id == ["comedy", ""]
+    assert stats.reasked_items == 0 and fake.calls == 1
 
 
 # -- whole graphs ---------------------------------------------------------------------------------
