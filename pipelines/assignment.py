@@ -74,7 +74,9 @@ def plan(state: State, runtime: Runtime) -> dict:
     items = ctx.store.records(ctx.run_id, "item")
     done = ctx.store.record_keys(ctx.run_id, "tag")
     pending = [{"id": k, "text": v["text"]} for k, v in items.items() if k not in done]
-    wave = pending[: cfg.batch_size * cfg.wave_batches]
+    # a wave holds at least as many batches as may run at once: otherwise --concurrency above
+    # wave_batches has no effect (the wave is a barrier)
+    wave = pending[: cfg.batch_size * max(cfg.wave_batches, ctx.config.llm.concurrency)]
     batches = [wave[i:i + cfg.batch_size] for i in range(0, len(wave), cfg.batch_size)]
     bar = ctx.extras.get("progress")
     if bar is not None:
