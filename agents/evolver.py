@@ -106,9 +106,16 @@ class LLMProposer:
                                sample=sample, max_tokens=max_tokens, temperature=None)
         return r.parsed
 
+    @staticmethod
+    def _code_tokens(block: str) -> int:
+        """Room for a rewrite of the block and some growth (~4 characters a token), so a
+        rambling model stops early instead of filling a fixed 2,000 tokens."""
+        return min(2000, len(block) // 2 + 300)
+
     async def ideate(self, ideas, parent_block, parent_score, rng):
         plan = await self._call(render("evolve_ideate", ideas=render_ideas(ideas), parent_block=parent_block,
-                                       parent_score=parent_score), Ideation, "ideate", sample=rng.randrange(1 << 30))
+                                       parent_score=parent_score), Ideation, "ideate", sample=rng.randrange(1 << 30),
+                                max_tokens=600)
         plan.selected = min(max(plan.selected, 0), len(plan.hypotheses) - 1)
         return plan
 
@@ -116,12 +123,13 @@ class LLMProposer:
         edit = await self._call(render("evolve_code", idea=idea, history="\n".join(f"- {h}" for h in history[-4:])
                                        or "- nothing yet", experiment=experiment, parent_score=parent_score,
                                        parent_block=extract_block(parent_program)), CodeEdit, "code",
-                                sample=rng.randrange(1 << 30), max_tokens=2000)
+                                sample=rng.randrange(1 << 30), max_tokens=self._code_tokens(extract_block(parent_program)))
         return apply_edit(parent_program, edit)
 
     async def repair(self, program, error, rng):
         edit = await self._call(render("evolve_repair", error=error[-1500:], block=extract_block(program)),
-                                CodeEdit, "repair", sample=rng.randrange(1 << 30), max_tokens=2000)
+                                CodeEdit, "repair", sample=rng.randrange(1 << 30),
+                                max_tokens=self._code_tokens(extract_block(program)))
         return apply_edit(program, CodeEdit(kind="rewrite", content=edit.content))
 
     async def summarize(self, idea, experiment, outcome):

@@ -49,7 +49,7 @@ def sqlite_path(url: str) -> str | None:
     return path or None
 
 
-def _describe(exc: Exception, url: str) -> str:
+def describe_db_error(exc: Exception, url: str) -> str:
     msg = str(getattr(exc, "orig", exc)).lower()
     where = sqlite_path(url) or url
     if "readonly" in msg or "read-only" in msg:
@@ -93,7 +93,7 @@ class Store:
         try:
             migrate(self.engine)
         except OperationalError as exc:
-            raise StoreError(_describe(exc, self.url)) from exc
+            raise StoreError(describe_db_error(exc, self.url)) from exc
 
     # -- sessions ---------------------------------------------------------------------
     @contextmanager
@@ -104,7 +104,7 @@ class Store:
                 yield s
                 s.commit()
         except OperationalError as exc:
-            raise StoreError(_describe(exc, self.url)) from exc
+            raise StoreError(describe_db_error(exc, self.url)) from exc
 
     def close(self) -> None:
         self.engine.dispose()

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from tagsmith.agents.gateway import Backend, Gateway
 from tagsmith.config import Config, validate_config, deep_merge
 from tagsmith.errors import BudgetExceeded, ConfigError
-from tagsmith.store.db import Store, sqlite_path
+from tagsmith.store.db import Store, StoreError, describe_db_error, sqlite_path
 from tagsmith.store.models import utcnow
 
 # kind -> module implementing the pipeline protocol:
@@ -107,12 +110,16 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
                    "cost_usd": run.cost_usd}
         store.update_run(run_id, status="done", finished_at=utcnow(), metrics_json=json.dumps(metrics, default=float))
         return state
-    except BudgetExceeded as exc:
-        store.update_run(run_id, status="budget", error=str(exc))
-        raise
     except (KeyboardInterrupt, Exception) as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.update_run(run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:2000])
+        status = ("budget" if isinstance(exc, BudgetExceeded) else
+                  "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        try:
+            store.update_run(run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:2000])
+        except StoreError:
+            pass  # the store itself is failing (full, locked): the original error says why
+        if isinstance(exc, (sqlite3.OperationalError, OperationalError)):
+            # the checkpointer's SQLite error, worded like the store's own
+            raise StoreError(describe_db_error(exc, store.url)) from exc
         raise
 
 
