@@ -19,7 +19,7 @@ from tagsmith.errors import BudgetExceeded, TagsmithError
 
 # modules with add_commands(subparsers, common_parent)
 COMMAND_MODULES = ["tagsmith.commands.core", "tagsmith.commands.tagging", "tagsmith.commands.evolve",
-                   "tagsmith.commands.scoring"]
+                   "tagsmith.commands.scoring", "tagsmith.commands.recsys"]
 
 
 def common_parser() -> argparse.ArgumentParser:
