@@ -356,7 +356,6 @@ def test_grid_report_and_markdown():
 def test_cli_recsys_eval(tmp_path, monkeypatch, capsys):
     from tagsmith import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "tagsmith.commands.recsys"])
     log, informative = group_world(groups=8, size=6, users=20, length=5)
     data = tmp_path / "log.jsonl"
     data.write_text("".join(json.dumps({"user": u, "item": i, "timestamp": t}) + "\n"
@@ -385,7 +384,6 @@ def test_cli_recsys_eval(tmp_path, monkeypatch, capsys):
 def test_cli_recsys_eval_on_a_tagging_run(tmp_path, monkeypatch, store, db_path):
     from tagsmith import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "tagsmith.commands.recsys"])
     log, informative = group_world(groups=8, size=6, users=20, length=5)
     data = tmp_path / "log.csv"
     data.write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in
