@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from tagsmith.cli import main
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import fake_cli  # noqa: E402
+from crash import kill_when, paid_calls_per_key  # noqa: E402
 
 
 def test_help_lists_commands(capsys):
@@ -86,35 +85,13 @@ def test_quickstart_runs_list_show_export(monkeypatch, capsys, db_path, tmp_path
     assert fake.calls == 3
 
 
-def _paid_calls_per_key(db_path: str) -> dict[str, int]:
-    con = sqlite3.connect(db_path)
-    rows = con.execute("SELECT cache_key, COUNT(*) FROM llm_call WHERE cache_hit = 0 AND error IS NULL "
-                       "GROUP BY cache_key").fetchall()
-    con.close()
-    return dict(rows)
-
-
 def test_sigkill_mid_graph_then_resume_repeats_nothing(tmp_path, db_path, monkeypatch):
     log = tmp_path / "served.log"
     env = dict(os.environ, FAKE_LATENCY="0.15", PYTHONPATH=str(HERE))
     child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(log), "quickstart", "--probe", "--items", "16",
                               "--model", "fake/x", "--db", db_path, "--concurrency", "2", "--no-progress"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    cached = 0
-    while time.time() < deadline:
-        time.sleep(0.05)
-        if Path(db_path).exists():
-            try:
-                con = sqlite3.connect(db_path)
-                cached = con.execute("SELECT COUNT(*) FROM llm_cache").fetchone()[0]
-                con.close()
-            except sqlite3.OperationalError:
-                continue
-            if cached >= 5:
-                break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    cached = kill_when(db_path, "SELECT COUNT(*) FROM llm_cache", 5, child, timeout=60)
     assert 5 <= cached < 16, f"kill landed at the wrong time ({cached} cached)"
     con = sqlite3.connect(db_path)
     run_id, status = con.execute("SELECT id, status FROM run").fetchone()
@@ -130,7 +107,7 @@ def test_sigkill_mid_graph_then_resume_repeats_nothing(tmp_path, db_path, monkey
     cards = con.execute("SELECT key FROM run_record WHERE run_id = ? AND kind = 'card'", (run_id,)).fetchall()
     con.close()
     assert sorted(int(k) for (k,) in cards) == list(range(1, 17))  # nothing lost, nothing duplicated
-    paid = _paid_calls_per_key(db_path)
+    paid = paid_calls_per_key(db_path)
     assert len(paid) == 16 and set(paid.values()) == {1}  # no LLM call paid twice
     # the resumed process only asked for what had not been answered before the kill
     assert fake.calls == 16 - len(done_before)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from tagsmith.search_control import (ControlConfig, absolute_progress, action_we
                                      relative_progress, should_trigger, snapshot_index, tournament)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from crash import kill_when  # noqa: E402
 
 # -- control math ---------------------------------------------------------------------------------
 
@@ -223,19 +223,7 @@ def test_sigkill_evolution_then_resume(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(HERE))
     child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(tmp_path / "served.log"), *args],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, seen = time.time() + 120, 0
-    while time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-        try:
-            con = sqlite3.connect(db)
-            seen = con.execute("SELECT COUNT(*) FROM run_record WHERE kind = 'step'").fetchone()[0]
-            con.close()
-        except sqlite3.OperationalError:
-            continue
-        if seen >= 6:
-            break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    seen = kill_when(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'step'", 6, child, timeout=120)
     assert 6 <= seen < 23, f"kill landed at the wrong time ({seen} steps)"
     con = sqlite3.connect(db)
     run_id = con.execute("SELECT id FROM run").fetchone()[0]

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from tagsmith.config import LLMConfig
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import policies  # noqa: E402
+from crash import kill_when, no_call_paid_twice  # noqa: E402
 
 DOCS = [{"id": str(i), "text": (f"junk junk {i} asdf" if i % 3 == 0 else f"Fact {i}: water boils at 100 C.")}
         for i in range(30)]
@@ -117,19 +116,7 @@ def test_sigkill_scoring_then_resume(tmp_path, db_path):
     child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(tmp_path / "served.log"), "score",
                               str(many), "--no-density", *common], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, seen = time.time() + 90, 0
-    while time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-        try:
-            con = sqlite3.connect(db_path)
-            seen = con.execute("SELECT COUNT(*) FROM run_record WHERE kind = 'score'").fetchone()[0]
-            con.close()
-        except sqlite3.OperationalError:
-            continue
-        if seen >= 20:
-            break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'score'", 20, child)
     assert 20 <= seen < 80, f"kill landed at the wrong time ({seen})"
     con = sqlite3.connect(db_path)
     run = con.execute("SELECT id FROM run").fetchone()[0]
@@ -139,9 +126,7 @@ def test_sigkill_scoring_then_resume(tmp_path, db_path):
     assert main(["resume", run, *common]) == 0
     con = sqlite3.connect(db_path)
     keys = [k for (k,) in con.execute("SELECT key FROM run_record WHERE kind = 'score'")]
-    paid = con.execute("SELECT cache_key, COUNT(*) FROM llm_call WHERE cache_hit = 0 AND error IS NULL "
-                       "GROUP BY cache_key").fetchall()
     con.close()
     assert sorted(int(k) for k in keys) == list(range(80))  # nothing lost, nothing twice
-    assert max(n for _, n in paid) == 1 and len(paid) == 80  # no document scored twice
+    assert no_call_paid_twice(db_path) == 80  # no document scored twice
     assert fake.calls <= 80 - seen

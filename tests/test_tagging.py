@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from tagsmith.vocabulary import Descriptor, Facet, Vocabulary
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import policies  # noqa: E402
+from crash import kill_when, no_call_paid_twice  # noqa: E402
 
 ITEMS = [{"id": str(i), "text": f"Movie {i}: a story number {i}"} for i in range(1, 25)]
 
@@ -251,33 +250,6 @@ def test_cli_bad_items_name_file_and_line(tmp_path, db_path, capsys):
 
 
 # -- crash safety ---------------------------------------------------------------------------------
-def _kill_when(db_path: str, sql: str, threshold: int, child: subprocess.Popen, timeout: float = 90) -> int:
-    deadline = time.time() + timeout
-    seen = 0
-    while time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-        try:
-            con = sqlite3.connect(db_path)
-            seen = con.execute(sql).fetchone()[0]
-            con.close()
-        except sqlite3.OperationalError:
-            continue
-        if seen >= threshold:
-            break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    return seen
-
-
-def _no_call_paid_twice(db_path: str) -> int:
-    con = sqlite3.connect(db_path)
-    rows = con.execute("SELECT cache_key, COUNT(*) FROM llm_call WHERE cache_hit = 0 AND error IS NULL "
-                       "GROUP BY cache_key").fetchall()
-    con.close()
-    assert rows and max(n for _, n in rows) == 1, "an LLM call was paid twice"
-    return len(rows)
-
-
 def _child(tmp_path, args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, FAKE_LATENCY="0.12", PYTHONPATH=str(HERE))
     return subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(tmp_path / "served.log"), *args],
@@ -290,7 +262,7 @@ def test_sigkill_vocab_build_then_resume(tmp_path, db_path):
     common = ["--db", db_path, "--model", "fake/x", "--no-progress", "--concurrency", "2"]
     child = _child(tmp_path, ["vocab", "build", str(items), "--rounds", "3", "--annotators", "3",
                               "--annotator-batch", "4", *common])
-    seen = _kill_when(db_path, "SELECT COUNT(*) FROM llm_cache", 5, child)
+    seen = kill_when(db_path, "SELECT COUNT(*) FROM llm_cache", 5, child)
     assert 5 <= seen < 12, f"kill landed at the wrong time ({seen} answers)"
     con = sqlite3.connect(db_path)
     run_id = con.execute("SELECT id FROM run").fetchone()[0]
@@ -303,7 +275,7 @@ def test_sigkill_vocab_build_then_resume(tmp_path, db_path):
     versions = [k for (k,) in con.execute("SELECT key FROM run_record WHERE kind = 'vocab_version'")]
     con.close()
     assert versions == sorted(set(versions)) and versions[0] == "000"  # each version stored once
-    _no_call_paid_twice(db_path)
+    no_call_paid_twice(db_path)
 
 
 def test_sigkill_tagging_then_resume(tmp_path, db_path):
@@ -318,7 +290,7 @@ def test_sigkill_tagging_then_resume(tmp_path, db_path):
     vrun = con.execute("SELECT id FROM run").fetchone()[0]
     con.close()
     child = _child(tmp_path, ["tag", str(items), "--vocab", vrun, "--batch-size", "3", *common])
-    seen = _kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'", 15, child)
+    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'", 15, child)
     assert 15 <= seen < 60, f"kill landed at the wrong time ({seen} tagged)"
     con = sqlite3.connect(db_path)
     trun = con.execute("SELECT id FROM run WHERE kind = 'tag'").fetchone()[0]
@@ -332,4 +304,4 @@ def test_sigkill_tagging_then_resume(tmp_path, db_path):
     assert status == "done"
     assert sorted(int(k) for (k,) in rows) == list(range(1, 61))  # no item lost, none duplicated
     assert fake.calls - before <= 20 - seen // 3 + 2  # only what was left (in-flight batches at most 2)
-    _no_call_paid_twice(db_path)
+    no_call_paid_twice(db_path)
