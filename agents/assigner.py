@@ -13,7 +13,7 @@ nearest descriptor in embedding space, else by re-asking — and counted.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -46,7 +46,9 @@ class ItemTags:
     status: str = "ok"  # ok | empty | failed
 
     def to_record(self) -> dict:
-        return asdict(self)
+        return {"id": self.id, "by_facet": {f: list(v) for f, v in self.by_facet.items()},
+                "descriptors": list(self.descriptors), "semantic_id": list(self.semantic_id),
+                "oov": self.oov, "repaired": self.repaired, "status": self.status}
 
 
 @dataclass

@@ -23,6 +23,7 @@ bundled model as ``local/smollm2``), ``FakeLLM`` (agents/fake.py) for tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
@@ -37,7 +38,6 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tagsmith.config import LLMConfig
 from tagsmith.errors import BudgetExceeded, ConfigError, LLMError, StructuredOutputError
 from tagsmith.store.db import Store
-from tagsmith.store.models import LLMCall
 
 Messages = list[dict[str, Any]]
 
@@ -183,6 +183,16 @@ def strip_titles(schema: Any) -> Any:
     return schema
 
 
+@functools.lru_cache(maxsize=512)
+def _model_schema_cached(schema: type[BaseModel]) -> str:
+    return json.dumps(strip_titles(schema.model_json_schema()))
+
+
+def _model_schema(schema: type[BaseModel]) -> dict:
+    """The class's JSON schema without titles (a fresh copy: callers may change it)."""
+    return json.loads(_model_schema_cached(schema))
+
+
 def _schema_instruction(schema_json: dict) -> str:
     return ("Reply with one JSON object, and nothing else, that validates against this JSON schema:\n"
             + json.dumps(schema_json, separators=(",", ":")))
@@ -206,6 +216,7 @@ class Gateway:
         self.config = config
         self.store = store
         self.run_id = run_id
+        self._own_backend = backend is None
         self.backend = backend or make_backend(config)
         self._sem = asyncio.Semaphore(config.concurrency)
         self.in_flight = 0
@@ -228,9 +239,8 @@ class Gateway:
         vocabulary) while ``schema`` stays the validator, so out-of-vocabulary answers from
         providers that ignore enums reach code that can repair and count them."""
         messages = as_messages(prompt, system)
-        schema_json = wire_schema or (schema.model_json_schema() if schema is not None else None)
-        if schema_json is not None:
-            schema_json = strip_titles(schema_json)
+        # a wire schema is written by hand (no titles); pydantic's is generated once per class
+        schema_json = wire_schema or (_model_schema(schema) if schema is not None else None)
         mode = structured_mode(self.config)
         if schema_json is not None:
             # Under grammar-constrained decoding the server enforces the schema; restating it
@@ -257,7 +267,7 @@ class Gateway:
         key = request_key(request, schema_json, sample)
 
         if self.config.cache and self.store is not None:
-            hit = await self.store.run(self.store.cache_get, key)
+            hit = await self.store.acache_get(key)
             if hit is not None:
                 return await self._from_cache(hit, key, request, schema, node)
 
@@ -271,6 +281,12 @@ class Gateway:
                 return await self._call_uncached(request, schema, key, node)
             finally:
                 self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        """Release the backend's connections (when the gateway made the backend)."""
+        close = getattr(self.backend, "aclose", None)
+        if self._own_backend and close is not None:
+            await close()
 
     # internals ------------------------------------------------------------------------------
     def _check_budget(self) -> None:
@@ -370,12 +386,12 @@ class Gateway:
         if self.store is None:
             return
         err = None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        await self.store.run(self.store.log_call, LLMCall(
-            run_id=self.run_id, node=node, model=request["model"], cache_key=key,
-            messages_json=json.dumps(request["messages"], ensure_ascii=False), response_text=text,
-            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-            cost_usd=usage["cost_usd"], latency_s=latency, cache_hit=cache_hit,
-            attempts=attempts, reasks=reasks, error=err), cache_put=cache_put)
+        await self.store.alog_call({
+            "run_id": self.run_id, "node": node, "model": request["model"], "cache_key": key,
+            "messages_json": json.dumps(request["messages"], ensure_ascii=False), "response_text": text,
+            "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
+            "cost_usd": usage["cost_usd"], "latency_s": latency, "cache_hit": cache_hit,
+            "attempts": attempts, "reasks": reasks, "error": err}, cache_put=cache_put)
 
 
 def _lp_to_json(lps: list[TokenLogprob] | None) -> list | None:
@@ -403,7 +419,106 @@ def make_backend(config: LLMConfig) -> Backend:
     prefix = config.model.split("/", 1)[0]
     if prefix in _BACKENDS:
         return _BACKENDS[prefix](config)
+    if config.transport == "http":
+        return HTTPBackend(config)
     return LiteLLMBackend(config)
+
+
+def _api_key_from_env(config: LLMConfig) -> str | None:
+    import os
+
+    if config.api_key_env:
+        key = os.environ.get(config.api_key_env)
+        if not key:
+            raise ConfigError(f"llm.api_key_env: environment variable {config.api_key_env} is not set")
+        return key
+    return None
+
+
+class HTTPBackend:
+    """``llm.transport: http``: one POST per call to an OpenAI-compatible
+    ``{api_base}/chat/completions`` over a pooled aiohttp session, without litellm's
+    per-call work (provider mapping, logging objects, pricing): about half the client CPU
+    per call, which is what bounds throughput at high concurrency. Needs ``llm.api_base``
+    (or the bundled ``local/`` model); the model name is sent without its provider
+    prefix (``openai/qwen2.5`` -> ``qwen2.5``). Self-hosted calls cost nothing."""
+
+    def __init__(self, config: LLMConfig):
+        self.config = config
+        self.is_local = config.model.startswith("local/")
+        if not self.is_local and not config.api_base:
+            raise ConfigError("llm.transport http needs llm.api_base (an OpenAI-compatible endpoint, "
+                              "e.g. --api-base http://localhost:8000/v1); use the litellm transport for "
+                              "hosted providers")
+        self.model = config.local.alias if self.is_local else config.model.split("/", 1)[-1]
+        self.api_key = "sk-local" if self.is_local else (
+            _api_key_from_env(config) or __import__("os").environ.get("OPENAI_API_KEY") or "sk-no-key")
+        self._session = None
+        self._loop = None
+
+    def _url(self) -> str:
+        base = self.config.api_base
+        if self.is_local:
+            from tagsmith.agents.local_model import shared_server
+            base = shared_server(self.config.local).start()
+        return base.rstrip("/") + "/chat/completions"
+
+    def _client(self):
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            # a session belongs to one event loop; each command runs its own
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                headers={"Authorization": f"Bearer {self.api_key}"})
+            self._loop = loop
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def complete(self, request: dict[str, Any]) -> RawResponse:
+        import aiohttp
+
+        body = dict(request, model=self.model)
+        url = self._url()
+        try:
+            async with self._client().post(url, json=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else url}") from exc
+        if status != 200:
+            detail = raw[:300].decode("utf-8", "replace")
+            try:
+                detail = json.loads(raw)["error"]["message"]
+            except Exception:  # noqa: BLE001 - not an OpenAI-shaped error body
+                pass
+            if status in (408, 429) or status >= 500:
+                hint = None
+                try:
+                    hint = max(0.0, float(retry_after)) if retry_after is not None else None
+                except ValueError:
+                    pass
+                raise TransientError(f"HTTP {status}: {detail}", retry_after=hint, status=status)
+            raise LLMError(f"{self.config.model}: HTTP {status} from {url}: {detail}")
+        try:
+            data = json.loads(raw)
+            choice = data["choices"][0]
+            text = (choice.get("message") or {}).get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            # a cut or garbled body: worth another try, like a dropped connection
+            raise TransientError(f"malformed response body from {url}: {raw[:80]!r}") from exc
+        usage = data.get("usage") or {}
+        return RawResponse(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                           completion_tokens=int(usage.get("completion_tokens") or 0), cost_usd=0.0,
+                           logprobs=_parse_logprobs(choice.get("logprobs")),
+                           finish_reason=choice.get("finish_reason"))
 
 
 class LiteLLMBackend:
@@ -415,6 +530,7 @@ class LiteLLMBackend:
         self.api_base = config.api_base
         self.api_key: str | None = None
         self.model = config.model
+        self._unpriced = False
         if self.is_local:
             self.model = f"openai/{config.local.alias}"
             self.api_key = "sk-local"
@@ -426,10 +542,7 @@ class LiteLLMBackend:
 
         c = self.config
         if c.api_key_env:
-            key = os.environ.get(c.api_key_env)
-            if not key:
-                raise ConfigError(f"llm.api_key_env: environment variable {c.api_key_env} is not set")
-            return key
+            return _api_key_from_env(c)
         if c.api_base:  # self-hosted OpenAI-compatible servers (vLLM, llama.cpp) rarely need one
             return os.environ.get("OPENAI_API_KEY") or "sk-no-key"
         litellm = _litellm()
@@ -468,10 +581,15 @@ class LiteLLMBackend:
         usage = getattr(resp, "usage", None)
         cost = 0.0
         if not self.is_local:
-            try:
-                cost = float(litellm.completion_cost(completion_response=resp) or 0.0)
-            except Exception:  # unmapped model (self-hosted): no price known
-                cost = 0.0
+            # litellm prices every response as it logs it; pricing it again costs ~1 ms CPU
+            hidden = getattr(resp, "_hidden_params", None) or {}
+            cost = hidden.get("response_cost")
+            if cost is None and not self._unpriced:
+                try:
+                    cost = litellm.completion_cost(completion_response=resp)
+                except Exception:  # unmapped model (self-hosted): no price known, do not ask again
+                    self._unpriced = True
+            cost = float(cost or 0.0)
         return RawResponse(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                            cost_usd=cost, logprobs=_parse_logprobs(getattr(choice, "logprobs", None)),

@@ -8,16 +8,18 @@ only this process's CPU is measured. For each concurrency C:
 
 - pipeline: the real tagging pipeline, ``tagsmith.runtime.execute("tag", ...)`` after a
   vocab run, model ``openai/sim`` through litellm, a SQLite store, ``--concurrency C``
-  and ``pipeline.assign.wave_batches = C`` (one superstep holds C calls); ``waves x C``
-  calls of ``batch_size`` MovieLens items each;
-- bare: ``litellm.acompletion`` on exactly the same requests, C at a time, no graph,
-  gateway or store.
+  and the default ``pipeline.assign`` settings (a superstep holds at least 4 x C
+  batches); ``waves x C`` calls of ``batch_size`` MovieLens items each;
+- pipeline_http: the same with ``llm.transport: http`` (the gateway POSTs to the
+  endpoint itself instead of going through litellm);
+- bare: ``litellm.acompletion`` on exactly the same requests as the pipeline's, C at a
+  time, no graph, gateway or store.
 
 Each reports calls/s, items/s, efficiency = achieved / ideal (ideal = C / L calls/s) and
 CPU milliseconds per call (``time.process_time`` of this process: graph, gateway, store
-and litellm for the pipeline; litellm alone for the bare loop). One more pipeline row at
-the largest C keeps the default ``wave_batches`` (16): a wave holds at least C batches
-(``server_max_concurrency`` shows what reached the provider). Prints JSON.
+and litellm for the pipeline; litellm alone for the bare loop); ``server_max_concurrency``
+shows what reached the provider, ``store_writes_per_transaction`` how many writes the
+store's group commit put in one transaction. Prints JSON.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sim_server import SimServer  # noqa: E402
 
-from tagsmith.agents.gateway import LiteLLMBackend, _litellm  # noqa: E402
+from tagsmith.agents.gateway import HTTPBackend, LiteLLMBackend, _litellm  # noqa: E402
 from tagsmith.config import load_config  # noqa: E402
 from tagsmith.runtime import execute, open_store  # noqa: E402
 
 
-class RecordingBackend(LiteLLMBackend):
-    """The production backend, keeping each request so the bare loop can replay it."""
+class Recording:
+    """A production backend that keeps each request, so the bare loop can replay it."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -54,6 +56,14 @@ class RecordingBackend(LiteLLMBackend):
         return await super().complete(request)
 
 
+class RecordingBackend(Recording, LiteLLMBackend):
+    pass
+
+
+class RecordingHTTPBackend(Recording, HTTPBackend):
+    pass
+
+
 def catalog(n: int, prefix: str) -> list[dict]:
     """n MovieLens items (repeated with fresh ids beyond the 1682 movies)."""
     from tagsmith.datasets import movielens_items
@@ -62,32 +72,42 @@ def catalog(n: int, prefix: str) -> list[dict]:
     return [{"id": f"{prefix}-{i}", "text": movies[i % len(movies)]["text"]} for i in range(n)]
 
 
-def config(db: str, url: str, concurrency: int, batch_size: int, wave_batches: int | None):
+def config(db: str, url: str, concurrency: int, batch_size: int, wave_batches: int | None,
+           transport: str = "litellm"):
     assign = {"batch_size": batch_size, "repair_by_embedding": False, "domain": "movies"}
     if wave_batches is not None:
         assign["wave_batches"] = wave_batches
     return load_config(overrides={
-        "llm": {"model": "openai/sim", "api_base": url, "concurrency": concurrency, "timeout_s": 60,
+        "llm": {"model": "openai/sim", "api_base": url, "transport": transport, "concurrency": concurrency,
+                "timeout_s": 60,
                 "max_retries": 2, "backoff_base_s": 0.05},
         "store": {"db": db}, "progress": False,
         "pipeline": {"vocab": {"dedup": False, "max_rounds": 0, "annotators": 2, "batch_size": 6, "domain": "movies"},
                      "assign": assign}}, environ={})
 
 
-async def pipeline_row(sim: SimServer, db: str, vrun: str, c: int, args, wave_batches: int | None) -> tuple[dict, list]:
-    cfg = config(db, sim.url, c, args.batch_size, wave_batches)
+async def pipeline_row(sim: SimServer, db: str, vrun: str, c: int, args, wave_batches: int | None,
+                       transport: str = "litellm") -> tuple[dict, list]:
+    cfg = config(db, sim.url, c, args.batch_size, wave_batches, transport)
     n_calls = args.waves * c
-    items = catalog(n_calls * args.batch_size, f"c{c}w{wave_batches}")
-    backend = RecordingBackend(cfg.llm)
+    items = catalog(n_calls * args.batch_size, f"c{c}{transport}")
+    backend = (RecordingHTTPBackend if transport == "http" else RecordingBackend)(cfg.llm)
+    store = open_store(cfg)
     sim.reset_stats()
     wall, cpu = time.perf_counter(), time.process_time()
-    run, _ = await execute("tag", cfg, {"vocab_run": vrun, "items": items}, backend=backend, parent_run=vrun)
+    run, _ = await execute("tag", cfg, {"vocab_run": vrun, "items": items}, store=store, backend=backend,
+                           parent_run=vrun)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    writer = store._writer
+    await backend.aclose() if hasattr(backend, "aclose") else None
+    store.close()
     stats = sim.stats()
     assert run.status == "done" and run.calls == n_calls, (run.status, run.calls, n_calls)
     metrics = json.loads(run.metrics_json)
     assert metrics["items"] == len(items) and metrics["coverage"] == 1.0
-    return _row(n_calls, len(items), wall, cpu, c, args.latency, stats), backend.requests
+    row = _row(n_calls, len(items), wall, cpu, c, args.latency, stats)
+    row["store_writes_per_transaction"] = round(writer.requests / max(1, writer.groups), 1)
+    return row, backend.requests
 
 
 async def bare_row(sim: SimServer, requests: list[dict], c: int, args) -> dict:
@@ -126,20 +146,22 @@ async def bench(args) -> dict:
         assert vrun.status == "done"
         # warm up litellm's client and the store before measuring anything
         await execute("tag", cfg, {"vocab_run": vrun.id, "items": catalog(16, "warm")}, parent_run=vrun.id)
+        await execute("tag", config(db, sim.url, 8, args.batch_size, None, "http"),
+                      {"vocab_run": vrun.id, "items": catalog(16, "warm-http")}, parent_run=vrun.id)
         sim.configure(latency=args.latency)
         for c in args.concurrency:
-            pipe, requests = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=c)
+            pipe, requests = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=None)
             bare = await bare_row(sim, requests, c, args)
+            http, _ = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=None, transport="http")
             out["rows"].append({"concurrency": c, "ideal_items_per_s": round(c / args.latency * args.batch_size, 1),
-                                "pipeline": pipe, "bare_litellm": bare,
-                                "pipeline_cpu_overhead_ms_per_call": round(pipe["cpu_ms_per_call"]
-                                                                           - bare["cpu_ms_per_call"], 2)})
+                                "pipeline": pipe, "pipeline_http": http, "bare_litellm": bare,
+                                "cpu_ratio_pipeline_to_bare": round(pipe["cpu_ms_per_call"] / bare["cpu_ms_per_call"], 2),
+                                "cpu_ratio_pipeline_http_to_bare": round(http["cpu_ms_per_call"]
+                                                                         / bare["cpu_ms_per_call"], 2),
+                                "throughput_ratio_pipeline_to_bare": round(pipe["calls_per_s"] / bare["calls_per_s"], 2),
+                                "throughput_ratio_pipeline_http_to_bare": round(http["calls_per_s"]
+                                                                                / bare["calls_per_s"], 2)})
             print(json.dumps(out["rows"][-1]), file=sys.stderr)
-        c = max(args.concurrency)
-        if c > 16:
-            pipe, _ = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=None)
-            out["default_wave_batches_at_max_concurrency"] = {"concurrency": c, "wave_batches": "default (16)",
-                                                              "pipeline": pipe}
         store = open_store(cfg)
         out["store_bytes"] = Path(db).stat().st_size + sum(
             p.stat().st_size for p in Path(tmp).glob("bench.db-*"))
@@ -153,7 +175,7 @@ if __name__ == "__main__":
     ap.add_argument("--latency", type=float, default=0.5, help="provider latency L in seconds")
     ap.add_argument("--concurrency", default="8,32,128", help="comma-separated list of C")
     ap.add_argument("--batch-size", type=int, default=8, help="items per call")
-    ap.add_argument("--waves", type=int, default=4, help="calls per run = waves x C")
+    ap.add_argument("--waves", type=int, default=8, help="calls per run = waves x C")
     a = ap.parse_args()
     a.concurrency = [int(x) for x in a.concurrency.split(",")]
     print(json.dumps(asyncio.run(bench(a)), indent=2))

@@ -11,6 +11,7 @@ Tags are written per batch (kind "tag") the moment they arrive.
 
 from __future__ import annotations
 
+import asyncio
 import operator
 from typing import Annotated, Literal, TypedDict
 
@@ -34,7 +35,9 @@ class AssignConfig(BaseModel):
     domain: str = "catalog items"
     batch_size: int = Field(default=4, ge=1)  # items per call
     per_facet: int = Field(default=2, ge=1)  # descriptors per facet at most
-    wave_batches: int = Field(default=16, ge=1)  # batches per superstep (checkpoint granularity)
+    # batches per superstep, at least 4 x llm.concurrency: the gateway's semaphore keeps C
+    # calls in flight within a wave, and the superstep barrier costs one tail per wave
+    wave_batches: int = Field(default=64, ge=1)
     repair_threshold: float = Field(default=0.6, ge=0, le=1)  # cosine for embedding repair
     repair_by_embedding: bool = True
 
@@ -50,7 +53,7 @@ class State(TypedDict, total=False):
 
 
 class AssignTask(TypedDict):
-    vocab: dict
+    vocab_run: str  # the vocabulary comes from the store (once per process), not in each task
     items: list[dict]
 
 
@@ -71,17 +74,16 @@ def load(state: State, runtime: Runtime) -> dict:
 def plan(state: State, runtime: Runtime) -> dict:
     ctx = runtime.context
     cfg = _cfg(runtime)
-    items = ctx.store.records(ctx.run_id, "item")
-    done = ctx.store.record_keys(ctx.run_id, "tag")
-    pending = [{"id": k, "text": v["text"]} for k, v in items.items() if k not in done]
-    # a wave holds at least as many batches as may run at once: otherwise --concurrency above
-    # wave_batches has no effect (the wave is a barrier)
-    wave = pending[: cfg.batch_size * max(cfg.wave_batches, ctx.config.llm.concurrency)]
+    # the next wave: items without tags, read from the store (never the whole catalog), so
+    # a resumed run sends only what is left. A wave holds several times as many batches as
+    # may run at once: the superstep is a barrier, and its tail is paid once per wave.
+    limit = cfg.batch_size * max(cfg.wave_batches, 4 * ctx.config.llm.concurrency)
+    wave = [{"id": k, "text": v["text"]} for k, v in ctx.store.pending_records(ctx.run_id, "item", "tag", limit)]
     batches = [wave[i:i + cfg.batch_size] for i in range(0, len(wave), cfg.batch_size)]
     bar = ctx.extras.get("progress")
     if bar is not None:
-        bar.total = len(items)
-        bar.n = len(done)
+        bar.total = ctx.store.count_records(ctx.run_id, "item")
+        bar.n = ctx.store.count_records(ctx.run_id, "tag")
         bar.refresh()
     return {"batches": batches, "waves": state.get("waves", 0) + (1 if batches else 0)}
 
@@ -89,7 +91,17 @@ def plan(state: State, runtime: Runtime) -> dict:
 def after_plan(state: State) -> list[Send] | Literal["finalize"]:
     if not state["batches"]:
         return "finalize"
-    return [Send("assign", {"vocab": state["vocab"], "items": b}) for b in state["batches"]]
+    return [Send("assign", {"vocab_run": state["vocab_run"], "items": b}) for b in state["batches"]]
+
+
+def _vocabulary(runtime: Runtime, vocab_run: str) -> Vocabulary:
+    extras = runtime.context.extras
+    key = ("vocabulary", vocab_run)
+    if key not in extras:
+        from tagsmith.pipelines.vocabulary import final_vocabulary
+
+        extras[key] = final_vocabulary(runtime.context.store, vocab_run)[0]
+    return extras[key]
 
 
 def _nearest_fn(runtime: Runtime, vocab: Vocabulary):
@@ -115,20 +127,31 @@ def _nearest_fn(runtime: Runtime, vocab: Vocabulary):
     return nearest
 
 
+def _slots(runtime: Runtime) -> asyncio.Semaphore:
+    """At most 2 x concurrency batches past this point. A wave starts all its tasks at
+    once; without it every task would build its prompt before the first request leaves
+    (at C=128, 512 prompts: half a second of CPU before the provider sees anything)."""
+    extras = runtime.context.extras
+    if "assign_slots" not in extras:
+        extras["assign_slots"] = asyncio.Semaphore(2 * runtime.context.config.llm.concurrency)
+    return extras["assign_slots"]
+
+
 async def assign(task: AssignTask, runtime: Runtime) -> dict:
     ctx = runtime.context
     cfg = _cfg(runtime)
-    vocab = Vocabulary.model_validate(task["vocab"])
+    vocab = _vocabulary(runtime, task["vocab_run"])
     nearest = _nearest_fn(runtime, vocab) if cfg.repair_by_embedding else None
-    try:
-        tags, stats = await assigner.assign(ctx.gateway, vocab, task["items"], domain=cfg.domain,
-                                            per_facet=cfg.per_facet, nearest=nearest,
-                                            repair_threshold=cfg.repair_threshold)
-    except StructuredOutputError as exc:  # malformed beyond re-asks: record as failed, go on
-        tags = {str(i["id"]): assigner.ItemTags(id=str(i["id"]), by_facet={}, descriptors=[],
-                                                semantic_id=[], status="failed") for i in task["items"]}
-        stats = assigner.BatchStats(calls=exc.attempts)
-    await ctx.store.run(ctx.store.put_records, ctx.run_id, "tag", [(k, t.to_record()) for k, t in tags.items()])
+    async with _slots(runtime):
+        try:
+            tags, stats = await assigner.assign(ctx.gateway, vocab, task["items"], domain=cfg.domain,
+                                                per_facet=cfg.per_facet, nearest=nearest,
+                                                repair_threshold=cfg.repair_threshold)
+        except StructuredOutputError as exc:  # malformed beyond re-asks: record as failed, go on
+            tags = {str(i["id"]): assigner.ItemTags(id=str(i["id"]), by_facet={}, descriptors=[],
+                                                    semantic_id=[], status="failed") for i in task["items"]}
+            stats = assigner.BatchStats(calls=exc.attempts)
+        await ctx.store.aput_records(ctx.run_id, "tag", [(k, t.to_record()) for k, t in tags.items()])
     bar = ctx.extras.get("progress")
     if bar is not None:
         bar.update(len(tags))

@@ -157,7 +157,7 @@ async def init(state: State, runtime: Runtime) -> dict:
         existing = {"program": task.initial_program, "score": r.score, "norm": task.config.normalised(r.score),
                     "metrics": r.metrics, "status": "ok", "island": -1, "generation": -1, "parent": None,
                     "action": "init", "idea": None, "experiment": "initial program", "reason": ""}
-        await ctx.store.run(ctx.store.put_records, ctx.run_id, "candidate", [("init", existing)])
+        await ctx.store.aput_records(ctx.run_id, "candidate", [("init", existing)])
     norm = existing["norm"]
     islands = [{"id": i, "ideas": [], "next_idea": 1, "pool": [{"cid": "init", "norm": norm}],
                 "best": {"cid": "init", "norm": norm, "score": existing["score"]}, "first_norm": norm,
@@ -260,8 +260,8 @@ async def step(task_in: StepTask, runtime: Runtime) -> dict:
     out = {"generation": gen, "island": island["id"], "cid": key, "norm": norm, "score": score, "ok": ok,
            "ideas": ideas, "next_idea": island["next_idea"], "action": action, "evaluated": result is not None}
     if program is not None:
-        await ctx.store.run(ctx.store.put_records, ctx.run_id, "candidate", [(key, cand)])
-    await ctx.store.run(ctx.store.put_records, ctx.run_id, "step", [(key, out)])
+        await ctx.store.aput_records(ctx.run_id, "candidate", [(key, cand)])
+    await ctx.store.aput_records(ctx.run_id, "step", [(key, out)])
     return {"results": [out]}
 
 

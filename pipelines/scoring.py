@@ -112,7 +112,7 @@ async def score(task: dict, runtime: Runtime) -> dict:
                                      for d in task["docs"]))
     rows = [(d["id"], {"score": r.score, "method": r.method, "details": r.details})
             for d, r in zip(task["docs"], results)]
-    await ctx.store.run(ctx.store.put_records, ctx.run_id, "score", rows)
+    await ctx.store.aput_records(ctx.run_id, "score", rows)
     bar = ctx.extras.get("progress")
     if bar is not None:
         bar.update(len(rows))

@@ -247,7 +247,7 @@ def _embedder(runtime: Runtime):
 
 async def _store_version(runtime: Runtime, version: int, round_no: int, vocab: Vocabulary, **data: Any) -> None:
     ctx = runtime.context
-    await ctx.store.run(ctx.store.put_records, ctx.run_id, "vocab_version",
+    await ctx.store.aput_records(ctx.run_id, "vocab_version",
                           [(f"{version:03d}", {"version": version, "round": round_no,
                                                "vocabulary": vocab.model_dump(), **data})])
 

@@ -8,6 +8,7 @@ overrides any template by file name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -30,12 +31,25 @@ def _path(name: str) -> Path:
 
 
 def load(name: str) -> str:
+    return _load(name, os.environ.get("TAGSMITH_PROMPTS_DIR"))
+
+
+@functools.lru_cache(maxsize=256)
+def _load(name: str, user_dir: str | None) -> str:
+    """Read once per process (a run records each prompt's hash when it starts, and keeps
+    using that text); agents render a prompt on every call."""
     return _path(name).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _template(name: str, user_dir: str | None) -> Template:
+    return Template(_load(name, user_dir))
 
 
 def render(name: str, **values: object) -> str:
     try:
-        return Template(load(name)).substitute({k: str(v) for k, v in values.items()})
+        return _template(name, os.environ.get("TAGSMITH_PROMPTS_DIR")).substitute(
+            {k: str(v) for k, v in values.items()})
     except KeyError as exc:
         raise ConfigError(f"{_path(name)}: placeholder ${exc.args[0]} has no value") from exc
 

@@ -31,6 +31,9 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="litellm model string, e.g. openai/gpt-4o-mini, ollama/qwen2.5 "
                                    "(default: local/smollm2, the bundled model)")
     g.add_argument("--api-base", metavar="URL", help="OpenAI-compatible endpoint (vLLM, llama.cpp, Ollama)")
+    g.add_argument("--transport", choices=["litellm", "http"],
+                   help="litellm (default; any provider) or http (straight to an OpenAI-compatible "
+                        "--api-base: less client CPU per call)")
     g.add_argument("--concurrency", type=int, help="parallel LLM calls (default 8)")
     g.add_argument("--budget-tokens", type=int, metavar="N", help="stop the run cleanly after N tokens")
     g.add_argument("--budget-usd", type=float, metavar="USD", help="stop the run cleanly after this cost")
@@ -42,6 +45,7 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 _FLAG_FIELDS = {"db": ("store", "db"), "model": ("llm", "model"), "api_base": ("llm", "api_base"),
+                "transport": ("llm", "transport"),
                 "concurrency": ("llm", "concurrency"), "budget_tokens": ("llm", "budget_tokens"),
                 "budget_usd": ("llm", "budget_usd"), "temperature": ("llm", "temperature")}
 

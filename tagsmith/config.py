@@ -47,6 +47,10 @@ class LLMConfig(_Section):
     model: str = "local/smollm2"  # any litellm model string; local/... is the bundled model
     api_base: str | None = None
     api_key_env: str | None = None  # name of the variable holding the key, if non-standard
+    # litellm: any provider by model string. http: POST straight to api_base's OpenAI-
+    # compatible /chat/completions (vLLM, llama.cpp, Ollama), about half the client CPU
+    # per call; for high concurrency against a self-hosted endpoint.
+    transport: Literal["litellm", "http"] = "litellm"
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=512, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)

@@ -11,6 +11,7 @@ it costs nothing.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import sqlite3
@@ -113,6 +114,7 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
     except (KeyboardInterrupt, Exception) as exc:
         status = ("budget" if isinstance(exc, BudgetExceeded) else
                   "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        await _release_cancelled_tasks(exc)
         try:
             store.update_run(run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:2000])
         except StoreError:
@@ -121,6 +123,29 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
             # the checkpointer's SQLite error, worded like the store's own
             raise StoreError(describe_db_error(exc, store.url)) from exc
         raise
+    finally:
+        await gateway.aclose()
+
+
+async def _release_cancelled_tasks(exc: BaseException) -> None:
+    """When one node fails, LangGraph cancels the others; a task cancelled in the middle of
+    its checkpoint write keeps that write's SQLite cursor alive in its coroutine frame, and
+    the closed checkpointer connection then holds the database's write lock until the
+    cursor is collected, so the run's status could not be recorded ("database is locked").
+    Those frames are reachable from the error's traceback: keep the traceback as text (a
+    note, shown with --debug) and let the frames, and the lock, go."""
+    import gc
+    import traceback
+
+    if exc.__traceback__ is not None:
+        exc.add_note("".join(traceback.format_tb(exc.__traceback__)).rstrip())
+        exc.__traceback__ = None
+    for chained in (exc.__cause__, exc.__context__):
+        if chained is not None:
+            chained.__traceback__ = None
+    for _ in range(3):  # the cancelled tasks finish unwinding only when the loop runs them
+        await asyncio.sleep(0.01)
+    gc.collect()
 
 
 def _config_record(config: Config) -> dict[str, Any]:

@@ -42,6 +42,60 @@ def test_records_upsert_is_idempotent(store):
     assert store.record_keys(run.id, "item") == {"a", "b"}
 
 
+def test_group_commit_keeps_every_write_and_sums_run_totals(store):
+    """200 concurrent writers: every log row, cache entry and record lands, the run's
+    totals are the sums, and the writer needed fewer transactions than writes."""
+    import asyncio
+
+    run = store.create_run("probe", config={})
+
+    async def one(i: int) -> None:
+        await store.alog_call({"run_id": run.id, "node": "n", "model": "fake/x", "cache_key": f"k{i % 150}",
+                               "prompt_tokens": 10, "completion_tokens": 2, "cost_usd": 0.5,
+                               "cache_hit": i % 10 == 0, "error": None},
+                              cache_put=(f"k{i % 150}", {"text": f"answer {i}"}))
+        assert await store.aput_records(run.id, "tag", [(str(i % 120), {"v": i})]) == 1
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(200)))
+
+    asyncio.run(main())
+    r = store.get_run(run.id)
+    assert (r.calls, r.cache_hits, r.prompt_tokens, r.completion_tokens) == (180, 20, 2000, 400)
+    assert r.cost_usd == pytest.approx(100.0)
+    assert len(store.calls(run.id)) == 200
+    assert store.cache_get("k7") == {"text": "answer 7"}  # first answer per key wins
+    records = store.records(run.id, "tag")
+    assert len(records) == 120 and records["7"] == {"v": 127}  # last write per key wins
+    assert store._writer.requests == 400 and store._writer.groups < 400
+
+
+def test_a_failing_write_fails_alone_in_its_group(store):
+    import asyncio
+
+    run = store.create_run("probe", config={})
+
+    def bad(conn):
+        raise ValueError("this write is broken")
+
+    async def main():
+        return await asyncio.gather(*(store.aput_records(run.id, "item", [(str(i), {"v": i})]) for i in range(30)),
+                                    store.write(bad), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[:30] == [1] * 30 and isinstance(results[30], ValueError)
+    assert len(store.records(run.id, "item")) == 30
+
+
+def test_pending_records_are_the_next_wave_without_reading_all(store):
+    run = store.create_run("tag", config={})
+    store.put_records(run.id, "item", [(str(i), {"text": f"t{i}"}) for i in range(10)])
+    store.put_records(run.id, "tag", [("0", {}), ("2", {}), ("3", {})])
+    assert [k for k, _ in store.pending_records(run.id, "item", "tag", 4)] == ["1", "4", "5", "6"]
+    assert store.pending_records(run.id, "item", "tag", 1) == [("1", {"text": "t1"})]
+    assert store.count_records(run.id, "item") == 10 and store.count_records(run.id, "tag") == 3
+
+
 def test_run_prefix_lookup_and_missing_run(store):
     run = store.create_run("probe", config={"x": 1})
     assert store.get_run(run.id[:8]).id == run.id
