@@ -28,6 +28,12 @@ RESERVED = {"name", "names", "definition", "descriptor", "descriptors", "facet",
             "draftvocabulary", "item", "items", "none", "null", "unknown", "other", "misc", "n-a"}
 
 
+def usable(name: str) -> bool:
+    """A name a descriptor or facet may have: not empty, not a schema word, and with a
+    letter in it (small models copy ids, years and counts from items: '1606', '207')."""
+    return bool(name) and name not in RESERVED and re.search(r"[a-z]", name) is not None
+
+
 def slug(text: str) -> str:
     """Canonical descriptor name: lower case words joined by '-'.  'Film Noir ' -> 'film-noir'"""
     s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
@@ -125,7 +131,7 @@ def _find(v: Vocabulary, name: str) -> tuple[Facet, Descriptor]:
 
 def _check_new(v: Vocabulary, name: str, bounds: Bounds, facet: Facet, adding: int = 1,
                freed: int = 0) -> None:
-    if not name or name in RESERVED:
+    if not usable(name):
         raise EditError(f"{name!r} is not a usable name")
     if name in v.names() or any(f.name == name for f in v.facets):
         raise EditError(f"{name!r} already exists")
@@ -138,7 +144,7 @@ def _check_new(v: Vocabulary, name: str, bounds: Bounds, facet: Facet, adding: i
 def _apply_one(v: Vocabulary, e: Edit, bounds: Bounds, renames: dict[str, str]) -> None:
     if e.op == "add_facet":
         name = slug(e.name)
-        if not name or name in RESERVED or any(f.name == name for f in v.facets) or name in v.names():
+        if not usable(name) or any(f.name == name for f in v.facets) or name in v.names():
             raise EditError(f"facet {name!r} exists or is not a usable name")
         if len(v.facets) >= bounds.max_facets:
             raise EditError(f"vocabulary would exceed {bounds.max_facets} facets")
@@ -230,13 +236,13 @@ def normalise(vocab: Vocabulary, bounds: Bounds) -> Vocabulary:
     facets = []
     for f in vocab.facets:
         fname = slug(f.name)
-        if not fname or fname in RESERVED or fname in seen or len(facets) >= bounds.max_facets:
+        if not usable(fname) or fname in seen or len(facets) >= bounds.max_facets:
             continue
         seen.add(fname)
         descs = []
         for d in f.descriptors:
             name = slug(d.name)
-            if not name or name in RESERVED or name in seen or len(descs) >= bounds.max_per_facet:
+            if not usable(name) or name in seen or len(descs) >= bounds.max_per_facet:
                 continue
             if sum(len(x.descriptors) for x in facets) + len(descs) >= bounds.max_total:
                 break

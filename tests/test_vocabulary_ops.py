@@ -54,6 +54,7 @@ def test_split_replaces_in_place():
     (Edit(op="add", name="comedy", facet="genre"), "already exists"),
     (Edit(op="add", name="x", facet="nope"), "no facet"),
     (Edit(op="add", name="name", facet="genre"), "not a usable name"),
+    (Edit(op="add", name="1606", facet="genre"), "not a usable name"),
     (Edit(op="remove", name="ghost"), "no descriptor"),
     (Edit(op="merge", sources=["comedy"], name="c"), "at least two"),
     (Edit(op="split", name="drama", into=[Descriptor(name="a")]), "at least two parts"),
@@ -84,6 +85,15 @@ def test_normalise_bounds_dedups_and_drops_reserved():
     assert [f.name for f in v.facets] == ["genre", "mood"]
     assert [d.name for d in v.facet("genre").descriptors] == ["comedy", "a", "b", "c"]
     assert v.size() == 7
+
+
+def test_normalise_drops_names_without_a_letter():
+    """SmolLM2 drafted a facet "1606" holding "207", "531", "83" (ids copied from items)."""
+    raw = Vocabulary(facets=[Facet(name="1606", descriptors=[Descriptor(name=n) for n in ["207", "531"]]),
+                             Facet(name="era", descriptors=[Descriptor(name=n) for n in ["83", "1950s", "3-d"]])])
+    v = normalise(raw, B)
+    assert [f.name for f in v.facets] == ["era"]
+    assert v.names() == ["1950s", "3-d"]
 
 
 def test_metrics_hand_computed():
