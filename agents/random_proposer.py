@@ -12,7 +12,6 @@ MBB and CE all run exactly as with a model, and a seed makes the run reproducibl
 
 from __future__ import annotations
 
-import random
 import re
 
 from tagsmith.agents.evolver import Hypothesis, Ideation

@@ -91,6 +91,29 @@ def run_async(coro):
     return asyncio.run(coro)
 
 
+def execute_with_progress(kind: str, config, inputs: dict[str, Any], *, total: int, desc: str, unit: str,
+                          show: bool = True, **kwargs: Any):
+    """Run a pipeline with a progress bar on stderr (the pipeline updates it through
+    ``extras["progress"]``); returns (run, seconds)."""
+    import time
+
+    from tagsmith.runtime import execute
+
+    extras: dict[str, Any] = {}
+    bar = None
+    if show and config.progress:
+        from tqdm import tqdm
+
+        bar = extras["progress"] = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        run, _ = run_async(execute(kind, config, inputs, extras=extras, **kwargs))
+    finally:
+        if bar is not None:
+            bar.close()
+    return run, time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
-from tagsmith.cli import config_from_args, out_dir, run_async
+from tagsmith.cli import config_from_args, execute_with_progress, out_dir
 from tagsmith.errors import ConfigError
 
 
@@ -38,7 +37,7 @@ def add_commands(sub, common) -> None:
 
 def cmd_score(args) -> int:
     from tagsmith.items import load_items
-    from tagsmith.runtime import execute, open_store
+    from tagsmith.runtime import open_store
 
     over: dict = {}
     if args.max_doc_tokens:
@@ -55,20 +54,8 @@ def cmd_score(args) -> int:
     if not items:
         raise ConfigError(f"{args.data}: no documents")
     store = open_store(config)
-    extras = {}
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
-
-        bar = extras["progress"] = tqdm(total=len(items), desc="scoring", unit="doc", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        run, _ = run_async(execute("score", config, {"docs": [{"id": i.id, "text": i.text} for i in items]},
-                                   store=store, extras=extras))
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - started
+    run, elapsed = execute_with_progress("score", config, {"docs": [{"id": i.id, "text": i.text} for i in items]},
+                                         total=len(items), desc="scoring", unit="doc", store=store)
     m = json.loads(run.metrics_json)
     print(f"score run {run.id}: {m['scored']}/{m['docs']} documents scored in {elapsed:.1f}s "
           f"({m['docs'] / elapsed:.2f} docs/s); methods {m['methods']}; mean P(yes) "

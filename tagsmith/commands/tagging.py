@@ -7,7 +7,7 @@ import random
 import sys
 import time
 
-from tagsmith.cli import config_from_args, out_dir, print_json, run_async
+from tagsmith.cli import config_from_args, execute_with_progress, out_dir, print_json, run_async
 from tagsmith.errors import ConfigError
 
 
@@ -140,22 +140,8 @@ def build_vocabulary(config, items: list[dict], store, progress: bool = True):
 
 
 def tag_items(config, items: list[dict], vocab_run: str, store, progress: bool = True):
-    from tagsmith.runtime import execute
-
-    extras = {}
-    bar = None
-    if progress and config.progress:
-        from tqdm import tqdm
-
-        bar = extras["progress"] = tqdm(total=len(items), desc="tagging", unit="item", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        run, _ = run_async(execute("tag", config, {"vocab_run": vocab_run, "items": id_text(items)}, store=store,
-                                   parent_run=vocab_run, extras=extras))
-    finally:
-        if bar is not None:
-            bar.close()
-    return run, time.perf_counter() - started
+    return execute_with_progress("tag", config, {"vocab_run": vocab_run, "items": id_text(items)}, total=len(items),
+                                 desc="tagging", unit="item", show=progress, store=store, parent_run=vocab_run)
 
 
 def print_metrics(run, title: str) -> None:
