@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tagsmith.evaluators.recsys.data import Split
-from tagsmith.evaluators.recsys.train import evaluate, fit, left_pad, training_windows
+from tagsmith.evaluators.recsys.train import evaluate, fit, left_pad, minibatch_epochs, training_windows
 from tagsmith.evaluators.recsys.trie import Codes, Trie, beam_scores, beam_search, build_codes  # noqa: F401
 
 PAD = 0
@@ -156,21 +156,7 @@ def train_generative(split: Split, codes: Codes, config: GenerativeConfig | None
     model = TIGER(codes, split.max_history, c)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     seqs, tgts = training_windows(split, split.max_history)
-    gen = torch.Generator().manual_seed(seed)
-
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(len(seqs), generator=gen)
-        total, n = 0.0, 0
-        for start in range(0, len(order), c.batch):
-            idx = order[start:start + c.batch]
-            loss = model.loss(seqs[idx], tgts[idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        return total / max(1, n)
+    run_epoch = minibatch_epochs(model, opt, seqs, tgts, c.batch, seed, clip_norm=1.0)
 
     def select_score(histories: list[list[int]]) -> torch.Tensor:
         return model.score(histories, beam=min(c.select_beam, c.beam))

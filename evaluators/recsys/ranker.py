@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tagsmith.evaluators.recsys.data import Split
-from tagsmith.evaluators.recsys.train import EVAL_BATCH, evaluate, fit, left_pad, training_windows
+from tagsmith.evaluators.recsys.train import EVAL_BATCH, evaluate, fit, left_pad, minibatch_epochs, training_windows
 
 
 @dataclass
@@ -133,20 +133,7 @@ def train_ranker(split: Split, item_desc: list[list[int]], n_desc: int, config: 
     model = SASRec(split.n_items, item_desc, n_desc, split.max_history, c)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     seqs, tgts = training_windows(split, split.max_history)
-    gen = torch.Generator().manual_seed(seed)
-
-    def run_epoch(epoch: int) -> float:
-        order = torch.randperm(len(seqs), generator=gen)
-        total, n = 0.0, 0
-        for start in range(0, len(order), c.batch):
-            idx = order[start:start + c.batch]
-            loss = model.loss(seqs[idx], tgts[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        return total / max(1, n)
+    run_epoch = minibatch_epochs(model, opt, seqs, tgts, c.batch, seed)
 
     info = fit(model, run_epoch, lambda: evaluate(model.score, split, "val", batch=EVAL_BATCH),
                epochs=c.epochs, patience=c.patience, progress=progress, desc=desc)

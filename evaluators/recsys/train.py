@@ -92,6 +92,31 @@ def fit(model: torch.nn.Module, run_epoch: Callable[[int], float], validate: Cal
             "cpu_s": round(time.process_time() - cpu0, 2), "curve": curve}
 
 
+def minibatch_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer, seqs: torch.Tensor, tgts: torch.Tensor,
+                     batch: int, seed: int, clip_norm: float | None = None) -> Callable[[int], float]:
+    """``run_epoch`` for ``fit``: one pass over (seqs, tgts) in a seeded random order,
+    ``model.loss`` per mini-batch, gradients clipped to ``clip_norm`` if given; returns
+    the epoch's mean loss."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def run_epoch(epoch: int) -> float:
+        order = torch.randperm(len(seqs), generator=gen)
+        total, n = 0.0, 0
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            loss = model.loss(seqs[idx], tgts[idx])
+            opt.zero_grad()
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+        return total / max(1, n)
+
+    return run_epoch
+
+
 def left_pad(seqs: list[list[int]], length: int, shift: int = 1) -> torch.Tensor:
     """[B, length] of item index + ``shift`` (0 stays padding), right-aligned.
     [[3, 4]], length 3 -> [[0, 4, 5]]"""
