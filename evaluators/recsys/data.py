@@ -21,9 +21,11 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tagsmith.errors import ConfigError, InputError
 
@@ -163,29 +165,35 @@ def _read_table(path: Path, delimiter: str) -> Interactions:
     return Interactions(users, items, times)
 
 
-def _read_jsonl(path: Path) -> Interactions:
-    users, items, times = [], [], []
-    keys: tuple[str, str, str] | None = None
+def jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line of a JSONL file; a line that
+    is not JSON stops with FILE:LINE. Invalid UTF-8 is replaced, not an error."""
     with path.open(encoding="utf-8", errors="replace") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
                 continue
             try:
-                rec = json.loads(text)
+                yield line, json.loads(text)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{line}: not JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{line}: expected a JSON object")
-            if keys is None:  # the first record fixes the column names
-                cols = list(rec)
-                keys = (_pick(cols, USER_COLUMNS, path, "user"), _pick(cols, ITEM_COLUMNS, path, "item"),
-                        _pick(cols, TIME_COLUMNS, path, "timestamp"))
-            missing = [k for k in keys if rec.get(k) in (None, "")]
-            if missing:
-                raise InputError(f"{path}:{line}: missing {', '.join(missing)}")
-            users.append(str(rec[keys[0]]))
-            items.append(str(rec[keys[1]]))
-            times.append(_timestamp(rec[keys[2]], path, line))
+
+
+def _read_jsonl(path: Path) -> Interactions:
+    users, items, times = [], [], []
+    keys: tuple[str, str, str] | None = None
+    for line, rec in jsonl_records(path):
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}:{line}: expected a JSON object")
+        if keys is None:  # the first record fixes the column names
+            cols = list(rec)
+            keys = (_pick(cols, USER_COLUMNS, path, "user"), _pick(cols, ITEM_COLUMNS, path, "item"),
+                    _pick(cols, TIME_COLUMNS, path, "timestamp"))
+        missing = [k for k in keys if rec.get(k) in (None, "")]
+        if missing:
+            raise InputError(f"{path}:{line}: missing {', '.join(missing)}")
+        users.append(str(rec[keys[0]]))
+        items.append(str(rec[keys[1]]))
+        times.append(_timestamp(rec[keys[2]], path, line))
     return Interactions(users, items, times)
 
 

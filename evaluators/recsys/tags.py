@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tagsmith.errors import ConfigError, InputError
+from tagsmith.evaluators.recsys.data import jsonl_records
 
 TFIDF_TOP = 3      # keywords per title
 TFIDF_MIN_DF = 2   # a word in one title only cannot link two items: it is an item ID, not a tag
@@ -134,21 +135,14 @@ def from_file(path: str | Path) -> TagSet:
     desc: dict[str, list[str]] = {}
     sids: dict[str, list[str]] = {}
     if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        with p.open(encoding="utf-8", errors="replace") as f:
-            for line, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{p}:{line}: not JSON: {e.msg}") from None
-                if not isinstance(rec, dict) or rec.get("id") in (None, ""):
-                    raise InputError(f"{p}:{line}: expected an object with an 'id'")
-                if "descriptors" not in rec:
-                    raise InputError(f"{p}:{line}: no 'descriptors' field")
-                desc[str(rec["id"])] = _parse_descriptors(rec["descriptors"], p, line)
-                if isinstance(rec.get("semantic_id"), list):
-                    sids[str(rec["id"])] = [str(x or "") for x in rec["semantic_id"]]
+        for line, rec in jsonl_records(p):
+            if not isinstance(rec, dict) or rec.get("id") in (None, ""):
+                raise InputError(f"{p}:{line}: expected an object with an 'id'")
+            if "descriptors" not in rec:
+                raise InputError(f"{p}:{line}: no 'descriptors' field")
+            desc[str(rec["id"])] = _parse_descriptors(rec["descriptors"], p, line)
+            if isinstance(rec.get("semantic_id"), list):
+                sids[str(rec["id"])] = [str(x or "") for x in rec["semantic_id"]]
     elif p.suffix.lower() in (".csv", ".tsv"):
         with p.open(encoding="utf-8", errors="replace", newline="") as f:
             reader = csv.DictReader(f, delimiter="," if p.suffix.lower() == ".csv" else "\t", strict=True)
