@@ -202,10 +202,8 @@ class Store:
                     cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        try:
+        with self._db_errors():
             migrate(self.engine)
-        except OperationalError as exc:
-            raise StoreError(describe_db_error(exc, self.url)) from exc
         # Async code writes through one thread that group-commits: writes that arrive while a
         # transaction is open commit together in the next one, and each caller resumes only
         # once its own write is durable. Our writes never wait on each other's locks
@@ -213,19 +211,25 @@ class Store:
         # group instead of per LLM call is most of the store's CPU per call. Cache lookups
         # are grouped the same way (one SELECT ... IN for a wave of calls).
         self._statements: dict[str, Any] = {}
+        self._has_upsert = self.engine.dialect.name in ("sqlite", "postgresql")  # INSERT ... ON CONFLICT
         self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact)
         self._reader = _Batcher("tagsmith-cache-reader", self._cache_get_many, single=self.cache_get)
 
     # -- sessions ---------------------------------------------------------------------
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose transaction commits on success and rolls back on any error."""
+    def _db_errors(self) -> Iterator[None]:
+        """SQLite's locked / read-only / full errors become one-line StoreErrors."""
         try:
-            with Session(self.engine, expire_on_commit=False) as s:
-                yield s
-                s.commit()
+            yield
         except OperationalError as exc:
             raise StoreError(describe_db_error(exc, self.url)) from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any error."""
+        with self._db_errors(), Session(self.engine, expire_on_commit=False) as s:
+            yield s
+            s.commit()
 
     def transact(self, op: Write | Callable[[Connection], Any]) -> Any:
         """Run one write in its own transaction (committed on success)."""
@@ -235,32 +239,44 @@ class Store:
         """Run the writes in ONE transaction: all are kept or none is. ``Write`` rows for
         the same prepared statement go in one executemany, and the run-total deltas are
         summed per run, so a group of N LLM calls costs a handful of statements, not 3N."""
-        try:
-            with self.engine.begin() as conn:
-                results: list[Any] = []
-                merged: dict[str, list[dict[str, Any]]] = {}
-                totals: dict[str, dict[str, Any]] = {}
-                for w in writes:
-                    if not isinstance(w, Write):
-                        results.append(w(conn))
-                        continue
-                    for name, rows in w.rows.items():
-                        merged.setdefault(name, []).extend(rows)
-                    if w.run_id is not None:
-                        t = totals.setdefault(w.run_id, dict.fromkeys(_RUN_DELTAS, 0))
-                        for k in _RUN_DELTAS:
-                            t[k] += w.deltas.get(k, 0)
-                    results.append(w.result)
-                for name, rows in merged.items():
-                    conn.execute(self._statement(name), rows)
-                if totals:
-                    now = utcnow()
-                    conn.execute(self._statement("run_totals"),
-                                 [{"rid": rid, "now": now, **{f"d_{k}": v for k, v in t.items()}}
-                                  for rid, t in totals.items()])
-                return results
-        except OperationalError as exc:
-            raise StoreError(describe_db_error(exc, self.url)) from exc
+        with self._db_errors(), self.engine.begin() as conn:
+            results: list[Any] = []
+            merged: dict[str, list[dict[str, Any]]] = {}
+            totals: dict[str, dict[str, Any]] = {}
+            for w in writes:
+                if not isinstance(w, Write):
+                    results.append(w(conn))
+                    continue
+                for name, rows in w.rows.items():
+                    merged.setdefault(name, []).extend(rows)
+                if w.run_id is not None:
+                    t = totals.setdefault(w.run_id, dict.fromkeys(_RUN_DELTAS, 0))
+                    for k in _RUN_DELTAS:
+                        t[k] += w.deltas.get(k, 0)
+                results.append(w.result)
+            for name, rows in merged.items():
+                self._execute_rows(conn, name, rows)
+            if totals:
+                now = utcnow()
+                conn.execute(self._statement("run_totals"),
+                             [{"rid": rid, "now": now, **{f"d_{k}": v for k, v in t.items()}}
+                              for rid, t in totals.items()])
+            return results
+
+    def _execute_rows(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
+        if self._has_upsert or name not in ("llm_cache", "run_record"):
+            conn.execute(self._statement(name), rows)
+            return
+        # dialects without INSERT ... ON CONFLICT: the same semantics by hand
+        table = LLMCache.__table__ if name == "llm_cache" else RunRecord.__table__
+        for r in rows:
+            if name == "llm_cache":  # first answer wins
+                if conn.execute(select(table.c.key).where(table.c.key == r["key"])).first() is None:
+                    conn.execute(insert(table), [r])
+            else:  # re-writing a key replaces its data
+                conn.execute(table.delete().where((table.c.run_id == r["run_id"]) & (table.c.kind == r["kind"])
+                                                  & (table.c.key == r["key"])))
+                conn.execute(insert(table), [r])
 
     def _statement(self, name: str):
         """Prepared statements of the write path, built once per store."""
@@ -286,13 +302,10 @@ class Store:
         return stmt
 
     def _dialect_insert(self, table):
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
+        if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
-            raise ConfigError(f"store.db: {dialect} is not supported (SQLite or PostgreSQL)")
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         return dialect_insert(table)
 
     def close(self) -> None:
@@ -360,13 +373,7 @@ class Store:
 
     # -- LLM log and cache ------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
-        table = LLMCache.__table__
-        try:
-            with self.engine.connect() as conn:
-                blob = conn.execute(select(table.c.response_json).where(table.c.key == key)).scalar()
-        except OperationalError as exc:
-            raise StoreError(describe_db_error(exc, self.url)) from exc
-        return json.loads(blob) if blob is not None else None
+        return self._cache_get_many([key])[0]
 
     async def acache_get(self, key: str) -> dict[str, Any] | None:
         """``cache_get`` from async code; concurrent lookups share one query."""
@@ -376,13 +383,10 @@ class Store:
         table = LLMCache.__table__
         found: dict[str, str] = {}
         uniq = list(dict.fromkeys(keys))
-        try:
-            with self.engine.connect() as conn:
-                for i in range(0, len(uniq), 500):  # SQLite's bound-parameter limit
-                    q = select(table.c.key, table.c.response_json).where(table.c.key.in_(uniq[i:i + 500]))
-                    found.update(conn.execute(q).all())
-        except OperationalError as exc:
-            raise StoreError(describe_db_error(exc, self.url)) from exc
+        with self._db_errors(), self.engine.connect() as conn:
+            for i in range(0, len(uniq), 500):  # SQLite's bound-parameter limit
+                q = select(table.c.key, table.c.response_json).where(table.c.key.in_(uniq[i:i + 500]))
+                found.update(conn.execute(q).all())
         return [json.loads(found[k]) if k in found else None for k in keys]
 
     def log_call(self, call: LLMCall | dict[str, Any], *,

@@ -87,6 +87,21 @@ def test_a_failing_write_fails_alone_in_its_group(store):
     assert len(store.records(run.id, "item")) == 30
 
 
+def test_dialects_without_on_conflict_keep_the_same_semantics(store):
+    """Other SQLAlchemy databases have no INSERT ... ON CONFLICT: records are still
+    upserts and the first cached answer still wins, within one group too."""
+    store._has_upsert = False
+    run = store.create_run("probe", config={})
+    store.put_records(run.id, "item", [("a", {"v": 1}), ("b", {"v": 2})])
+    store.put_records(run.id, "item", [("a", {"v": 3})])
+    assert store.records(run.id, "item") == {"a": {"v": 3}, "b": {"v": 2}}
+    calls = [store._log_call_write({"run_id": run.id, "cache_key": "k", "prompt_tokens": 1, "error": None},
+                                   ("k", {"text": t})) for t in ("first", "second")]
+    store.transact_many(calls + [store._records_write(run.id, "item", [("b", {"v": 4}), ("b", {"v": 5})])])
+    assert store.cache_get("k") == {"text": "first"} and store.records(run.id, "item")["b"] == {"v": 5}
+    assert store.get_run(run.id).calls == 2 and len(store.calls(run.id)) == 2
+
+
 def test_pending_records_are_the_next_wave_without_reading_all(store):
     run = store.create_run("tag", config={})
     store.put_records(run.id, "item", [(str(i), {"text": f"t{i}"}) for i in range(10)])
