@@ -26,6 +26,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -123,11 +124,16 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         except AttributeError:
             continue
         if value is not None:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
+            return _seconds(value)
     return None
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After value in seconds ('2', '0.5'); None when absent or an HTTP date."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 # -- the gateway ----------------------------------------------------------------------------
@@ -425,8 +431,6 @@ def make_backend(config: LLMConfig) -> Backend:
 
 
 def _api_key_from_env(config: LLMConfig) -> str | None:
-    import os
-
     if config.api_key_env:
         key = os.environ.get(config.api_key_env)
         if not key:
@@ -452,7 +456,7 @@ class HTTPBackend:
                               "hosted providers")
         self.model = config.local.alias if self.is_local else config.model.split("/", 1)[-1]
         self.api_key = "sk-local" if self.is_local else (
-            _api_key_from_env(config) or __import__("os").environ.get("OPENAI_API_KEY") or "sk-no-key")
+            _api_key_from_env(config) or os.environ.get("OPENAI_API_KEY") or "sk-no-key")
         self._session = None
         self._loop = None
 
@@ -500,12 +504,7 @@ class HTTPBackend:
             except Exception:  # noqa: BLE001 - not an OpenAI-shaped error body
                 pass
             if status in (408, 429) or status >= 500:
-                hint = None
-                try:
-                    hint = max(0.0, float(retry_after)) if retry_after is not None else None
-                except ValueError:
-                    pass
-                raise TransientError(f"HTTP {status}: {detail}", retry_after=hint, status=status)
+                raise TransientError(f"HTTP {status}: {detail}", retry_after=_seconds(retry_after), status=status)
             raise LLMError(f"{self.config.model}: HTTP {status} from {url}: {detail}")
         try:
             data = json.loads(raw)
@@ -538,8 +537,6 @@ class LiteLLMBackend:
             self.api_key = self._api_key()
 
     def _api_key(self) -> str | None:
-        import os
-
         c = self.config
         if c.api_key_env:
             return _api_key_from_env(c)
@@ -619,8 +616,6 @@ def _litellm():
     """Import litellm lazily (2 s) and quietly; never touches the network."""
     global _LITELLM
     if _LITELLM is None:
-        import os
-
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
