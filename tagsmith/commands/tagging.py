@@ -178,9 +178,9 @@ def cmd_tag(args) -> int:
     _set(over, "batch_size", args.batch_size)
     config = config_from_args(args, {"pipeline": {"assign": over}})
     store = open_store(config)
-    store.require_run(args.vocab)
+    vocab_run = store.require_run(args.vocab).id  # before reading the items: a wrong id fails fast
     items = load_cli_items(args)
-    run, elapsed = tag_items(config, items, store.require_run(args.vocab).id, store)
+    run, elapsed = tag_items(config, items, vocab_run, store)
     print_metrics(run, "tagging")
     print(f"  wall_s                       {elapsed:.1f}")
     print(f"export: tagsmith export {run.id} --format jsonl|csv|parquet")
