@@ -72,11 +72,8 @@ def catalog(n: int, prefix: str) -> list[dict]:
     return [{"id": f"{prefix}-{i}", "text": movies[i % len(movies)]["text"]} for i in range(n)]
 
 
-def config(db: str, url: str, concurrency: int, batch_size: int, wave_batches: int | None,
-           transport: str = "litellm"):
+def config(db: str, url: str, concurrency: int, batch_size: int, transport: str = "litellm"):
     assign = {"batch_size": batch_size, "repair_by_embedding": False, "domain": "movies"}
-    if wave_batches is not None:
-        assign["wave_batches"] = wave_batches
     return load_config(overrides={
         "llm": {"model": "openai/sim", "api_base": url, "transport": transport, "concurrency": concurrency,
                 "timeout_s": 60,
@@ -86,9 +83,9 @@ def config(db: str, url: str, concurrency: int, batch_size: int, wave_batches: i
                      "assign": assign}}, environ={})
 
 
-async def pipeline_row(sim: SimServer, db: str, vrun: str, c: int, args, wave_batches: int | None,
+async def pipeline_row(sim: SimServer, db: str, vrun: str, c: int, args,
                        transport: str = "litellm") -> tuple[dict, list]:
-    cfg = config(db, sim.url, c, args.batch_size, wave_batches, transport)
+    cfg = config(db, sim.url, c, args.batch_size, transport)
     n_calls = args.waves * c
     items = catalog(n_calls * args.batch_size, f"c{c}{transport}")
     backend = (RecordingHTTPBackend if transport == "http" else RecordingBackend)(cfg.llm)
@@ -141,18 +138,18 @@ async def bench(args) -> dict:
                  "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "rows": []}
     with tempfile.TemporaryDirectory() as tmp, SimServer(latency=0.0) as sim:
         db = str(Path(tmp) / "bench.db")
-        cfg = config(db, sim.url, 8, args.batch_size, None)
+        cfg = config(db, sim.url, 8, args.batch_size)
         vrun, _ = await execute("vocab", cfg, {"items": catalog(24, "vocab")})
         assert vrun.status == "done"
         # warm up litellm's client and the store before measuring anything
         await execute("tag", cfg, {"vocab_run": vrun.id, "items": catalog(16, "warm")}, parent_run=vrun.id)
-        await execute("tag", config(db, sim.url, 8, args.batch_size, None, "http"),
+        await execute("tag", config(db, sim.url, 8, args.batch_size, "http"),
                       {"vocab_run": vrun.id, "items": catalog(16, "warm-http")}, parent_run=vrun.id)
         sim.configure(latency=args.latency)
         for c in args.concurrency:
-            pipe, requests = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=None)
+            pipe, requests = await pipeline_row(sim, db, vrun.id, c, args)
             bare = await bare_row(sim, requests, c, args)
-            http, _ = await pipeline_row(sim, db, vrun.id, c, args, wave_batches=None, transport="http")
+            http, _ = await pipeline_row(sim, db, vrun.id, c, args, transport="http")
             out["rows"].append({"concurrency": c, "ideal_items_per_s": round(c / args.latency * args.batch_size, 1),
                                 "pipeline": pipe, "pipeline_http": http, "bare_litellm": bare,
                                 "cpu_ratio_pipeline_to_bare": round(pipe["cpu_ms_per_call"] / bare["cpu_ms_per_call"], 2),
