@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from tagsmith.agents.common import render_items
 from tagsmith.agents.gateway import Gateway
 from tagsmith.prompts import render
-from tagsmith.vocabulary import Vocabulary
+from tagsmith.core.vocabulary import Vocabulary
 
 PROMPTS = ("annotator_system", "annotator")
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from tagsmith.agents.common import render_items
 from tagsmith.agents.gateway import Gateway
 from tagsmith.prompts import render
-from tagsmith.vocabulary import Bounds, Edit, Facet, Vocabulary, normalise
+from tagsmith.core.vocabulary import Bounds, Edit, Facet, Vocabulary, normalise
 
 PROMPTS = ("architect_system", "architect_draft", "architect_revise")
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from tagsmith.agents.common import render_items
 from tagsmith.agents.gateway import Gateway
 from tagsmith.prompts import render
-from tagsmith.vocabulary import Vocabulary, slug
+from tagsmith.core.vocabulary import Vocabulary, slug
 
 PROMPTS = ("assigner_system", "assigner")
 

@@ -30,27 +30,24 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from tagsmith.config import LLMConfig
-from tagsmith.errors import BudgetExceeded, ConfigError, LLMError, StructuredOutputError
+from tagsmith.core.config import LLMConfig
+from tagsmith.core.llm import TokenLogprob
+from tagsmith.core.errors import BudgetExceeded, ConfigError, LLMError, StructuredOutputError
 from tagsmith.store.db import Store
+
+# litellm fetches a model cost map from the network at import unless told otherwise
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 Messages = list[dict[str, Any]]
 
 
 # -- what backends return -----------------------------------------------------------------
-@dataclass
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: list[tuple[str, float]] = field(default_factory=list)  # top-k alternatives, best first
-
-
 @dataclass
 class RawResponse:
     text: str
@@ -439,6 +436,18 @@ def _api_key_from_env(config: LLMConfig) -> str | None:
     return None
 
 
+async def local_api_base(config: LLMConfig) -> str:
+    """The bundled model's endpoint, starting its server on first use. The start blocks for
+    up to ``llm.local.startup_timeout_s`` (loading the model), so it runs in a thread: the
+    event loop keeps serving the run's other tasks meanwhile."""
+    from tagsmith.agents.local_model import shared_server
+
+    server = shared_server(config.local)
+    if server.base_url is not None and server.proc is not None and server.proc.poll() is None:
+        return server.base_url
+    return await asyncio.to_thread(server.start)
+
+
 class HTTPBackend:
     """``llm.transport: http``: one POST per call to an OpenAI-compatible
     ``{api_base}/chat/completions`` over a pooled aiohttp session, without litellm's
@@ -460,11 +469,8 @@ class HTTPBackend:
         self._session = None
         self._loop = None
 
-    def _url(self) -> str:
-        base = self.config.api_base
-        if self.is_local:
-            from tagsmith.agents.local_model import shared_server
-            base = shared_server(self.config.local).start()
+    async def _url(self) -> str:
+        base = await local_api_base(self.config) if self.is_local else self.config.api_base
         return base.rstrip("/") + "/chat/completions"
 
     def _client(self):
@@ -489,7 +495,7 @@ class HTTPBackend:
         import aiohttp
 
         body = dict(request, model=self.model)
-        url = self._url()
+        url = await self._url()
         try:
             async with self._client().post(url, json=body) as resp:
                 raw = await resp.read()
@@ -555,10 +561,7 @@ class LiteLLMBackend:
 
     async def complete(self, request: dict[str, Any]) -> RawResponse:
         litellm = _litellm()
-        api_base = self.api_base
-        if self.is_local:
-            from tagsmith.agents.local_model import shared_server
-            api_base = shared_server(self.config.local).start()
+        api_base = await local_api_base(self.config) if self.is_local else self.api_base
         kwargs = dict(request, model=self.model, timeout=self.config.timeout_s, num_retries=0)
         if api_base:
             kwargs["api_base"] = api_base

@@ -25,8 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tagsmith.config import LocalModelConfig
-from tagsmith.errors import ConfigError, LLMError
+from tagsmith.core.config import LocalModelConfig
+from tagsmith.core.errors import ConfigError, LLMError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_HINT = "run ./run setup (it builds llama-cpp-python with portable CPU flags)"

@@ -16,7 +16,7 @@ import re
 
 from tagsmith.agents.evolver import Hypothesis, Ideation
 from tagsmith.evaluators.evo_tasks import extract_block, replace_block
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 
 MAX_TERMS = 9  # + the constant = 10 params
 KINDS = {"add": "Add one term from the library to the equation.",

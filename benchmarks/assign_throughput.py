@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from sim_server import SimServer  # noqa: E402
 
 from tagsmith.agents.gateway import HTTPBackend, LiteLLMBackend, _litellm  # noqa: E402
-from tagsmith.config import load_config  # noqa: E402
+from tagsmith.core.config import load_config  # noqa: E402
 from tagsmith.runtime import execute, open_store  # noqa: E402
 
 
@@ -66,7 +66,7 @@ class RecordingHTTPBackend(Recording, HTTPBackend):
 
 def catalog(n: int, prefix: str) -> list[dict]:
     """n MovieLens items (repeated with fresh ids beyond the 1682 movies)."""
-    from tagsmith.datasets import movielens_items
+    from tagsmith.core.datasets import movielens_items
 
     movies = movielens_items()
     return [{"id": f"{prefix}-{i}", "text": movies[i % len(movies)]["text"]} for i in range(n)]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sim_server import SimServer  # noqa: E402
 
-from tagsmith.config import load_config  # noqa: E402
+from tagsmith.core.config import load_config  # noqa: E402
 from tagsmith.runtime import execute, open_store  # noqa: E402
 
 
@@ -43,8 +43,10 @@ def make_config(db: str, url: str, batch_size: int, seed_facets: list[dict]):
 
 
 async def bench(n_items: int, batch_sizes: list[int]) -> dict:
-    from tagsmith.datasets import movielens_items
-    from tagsmith.pipelines.vocabulary import VocabConfig, final_vocabulary, seed_facet_from_field
+    from tagsmith.core.datasets import movielens_items
+    from tagsmith.core.config import VocabConfig
+    from tagsmith.core.vocabulary import seed_facet_from_field
+    from tagsmith.pipelines.vocabulary import final_vocabulary
 
     movies = movielens_items(limit=max(n_items, 200))
     seed = [seed_facet_from_field(movies, "genres", VocabConfig().max_per_facet).model_dump()]

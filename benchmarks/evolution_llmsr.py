@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tagsmith.config import load_config
+from tagsmith.core.config import load_config
 from tagsmith.runtime import execute
 from tagsmith.store.db import Store
 

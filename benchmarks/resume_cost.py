@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sim_server import SimServer  # noqa: E402
 
-from tagsmith.config import load_config  # noqa: E402
+from tagsmith.core.config import load_config  # noqa: E402
 from tagsmith.runtime import execute  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def finish(proc: subprocess.Popen, what: str) -> None:
 
 
 async def setup(db: str, url: str, items_file: Path, n: int) -> str:
-    from tagsmith.datasets import movielens_items
+    from tagsmith.core.datasets import movielens_items
 
     movies = movielens_items(limit=n)
     items_file.write_text("".join(json.dumps({"id": m["id"], "text": m["text"]}) + "\n" for m in movies))

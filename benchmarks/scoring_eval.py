@@ -25,7 +25,7 @@ import numpy as np
 
 from tagsmith.agents import scorer
 from tagsmith.agents.gateway import Gateway
-from tagsmith.config import load_config
+from tagsmith.core.config import load_config
 from tagsmith.evaluators.junk import clean_corpus, inject_junk, roc_auc, train_eval_lm
 from tagsmith.evaluators.selection import select
 from tagsmith.runtime import execute

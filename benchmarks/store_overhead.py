@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.agents.gateway import Gateway
-from tagsmith.config import LLMConfig
+from tagsmith.core.config import LLMConfig
 from tagsmith.store.db import Store
 from tagsmith.store.models import LLMCall
 

@@ -7,7 +7,7 @@ leading space, SentencePiece's "▁yes", byte-level BPE's "Ġyes") and likewise 
 Providers without logprobs fall back to sampling k one-token answers and taking the share
 of yes votes (QuRating used 20 samples).
 
-    >>> from tagsmith.agents.gateway import TokenLogprob
+    >>> from tagsmith.core.llm import TokenLogprob
     >>> tok = TokenLogprob("Yes", math.log(0.6), [("Yes", math.log(0.6)), (" yes", math.log(0.1)),
     ...                                          ("No", math.log(0.2)), ("Maybe", math.log(0.05))])
     >>> score, details = p_yes(tok)
@@ -22,10 +22,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the gateway pulls in litellm/pydantic; the math needs only the attributes
-    from tagsmith.agents.gateway import TokenLogprob
+from tagsmith.core.llm import TokenLogprob
 
 __all__ = ["YES_VARIANTS", "NO_VARIANTS", "normalise_answer", "p_yes", "vote_share",
            "approx_token_count", "truncate_to_tokens"]
@@ -83,7 +81,7 @@ def p_yes(first_token: "TokenLogprob") -> tuple[float | None, dict]:
     ``mass_seen``, the total probability of the candidates (how much of the distribution
     the top-k covered; a small value means the answer was mostly something else).
 
-        >>> from tagsmith.agents.gateway import TokenLogprob
+        >>> from tagsmith.core.llm import TokenLogprob
         >>> round(p_yes(TokenLogprob("No", -0.1, [("No", -0.1), ("\u2581no", -3.0), ("Yes", -2.5)]))[0], 4)
         0.0792
         >>> p_yes(TokenLogprob("The", -0.2, [("The", -0.2), ("This", -2.0)]))[0] is None

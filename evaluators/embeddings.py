@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 
 __all__ = ["Embedder", "default_embedder", "cosine_matrix", "nearest", "bundled_model_dir", "load_safetensors", "DIM"]
 

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 from tagsmith.evaluators.sandbox import (SandboxLimits, SandboxPool, SandboxResult,
                                          arun_in_sandbox, run_in_sandbox)
 
@@ -557,7 +557,7 @@ def llmsr_data_dir(data_dir: str | os.PathLike | None = None, *,
         >>> llmsr_data_dir("/nowhere")
         Traceback (most recent call last):
         ...
-        tagsmith.errors.ConfigError: LLM-SR data folder /nowhere (data_dir argument) does not exist
+        tagsmith.core.errors.ConfigError: LLM-SR data folder /nowhere (data_dir argument) does not exist
     """
     env = os.environ if environ is None else environ
     for value, source in ((data_dir, "data_dir argument"), (env.get(LLMSR_ENV), f"${LLMSR_ENV}")):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 
 __all__ = ["JUNK_KINDS", "Example", "inject_junk", "roc_auc", "clean_corpus", "train_eval_lm"]
 

@@ -9,10 +9,11 @@ entropy, redundancy, annotator agreement, OOV and repair rates.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from itertools import combinations
+from typing import Any
 
-from tagsmith.vocabulary import Vocabulary
+from tagsmith.core.vocabulary import Vocabulary, slug
 
 
 def usage_counts(vocab: Vocabulary, tags: dict[str, list[str]]) -> dict[str, int]:
@@ -87,3 +88,94 @@ def tag_metrics(vocab: Vocabulary, tags: dict[str, list[str]]) -> dict:
         "distinct_descriptors_used": sum(1 for v in usage.values() if v),
         **redundancy(tags),
     }
+
+
+def aggregate_reports(vocab: Vocabulary, reports: list[dict], broad_share: float) -> dict:
+    """Feedback statistics for one round: coverage, usage, OOV, proposals, overlaps,
+    breadth, unused descriptors and agreement on items seen by two annotators."""
+    names = set(vocab.names())
+    per_item: dict[str, list[list[str]]] = defaultdict(list)
+    oov = total_answers = failed = 0
+    proposals: dict[str, dict[str, Any]] = {}
+    overlaps: Counter = Counter()
+    broad: Counter = Counter()
+    narrow: Counter = Counter()
+    for rep in reports:
+        if rep.get("error"):
+            failed += 1
+            continue
+        batch_ids = set(rep["item_ids"])
+        r = rep["report"]
+        for t in r.get("tags", []):
+            item = str(t.get("item_id", ""))
+            if item not in batch_ids:
+                continue
+            valid = []
+            for n in t.get("descriptors", []):
+                total_answers += 1
+                if slug(n) in names:
+                    valid.append(slug(n))
+                else:
+                    oov += 1
+            per_item[item].append(sorted(set(valid)))
+        for u in r.get("uncovered", []):
+            key = slug(u.get("proposed_name", ""))
+            if not key or key in names:
+                continue
+            p = proposals.setdefault(key, {"count": 0, "facets": Counter(), "evidence": []})
+            p["count"] += 1
+            p["facets"][slug(u.get("proposed_facet", ""))] += 1
+            if len(p["evidence"]) < 2 and (u.get("evidence") or u.get("aspect")):
+                p["evidence"].append((u.get("evidence") or u.get("aspect"))[:100])
+        for pair in r.get("overlapping", []):
+            a, b = slug(pair.get("a", "")), slug(pair.get("b", ""))
+            if a in names and b in names and a != b:
+                overlaps[tuple(sorted((a, b)))] += 1
+        broad.update(slug(n) for n in r.get("too_broad", []) if slug(n) in names)
+        narrow.update(slug(n) for n in r.get("too_narrow", []) if slug(n) in names)
+    # one tag set per item for coverage and usage: the union of what annotators gave
+    merged = {item: sorted(set().union(*map(set, sets))) for item, sets in per_item.items()}
+    items_seen = len({i for rep in reports if not rep.get("error") for i in rep["item_ids"]})
+    usage = usage_counts(vocab, merged)
+    for name, count in usage.items():  # breadth from usage, not only from opinions
+        if items_seen and count / items_seen > broad_share:
+            broad[name] += 1
+    covered = sum(1 for v in merged.values() if v)
+    return {
+        "items_seen": items_seen,
+        "coverage": covered / items_seen if items_seen else 0.0,
+        "usage": usage,
+        "oov_answers": oov,
+        "oov_rate": oov / total_answers if total_answers else 0.0,
+        "failed_batches": failed,
+        "agreement": agreement({k: v for k, v in per_item.items() if len(v) > 1}),
+        "proposals": {k: {"count": v["count"], "facet": (v["facets"].most_common(1)[0][0] if v["facets"] else ""),
+                          "evidence": v["evidence"]}
+                      for k, v in sorted(proposals.items(), key=lambda kv: -kv[1]["count"])[:15]},
+        "overlaps": [[a, b, n] for (a, b), n in overlaps.most_common(8)],
+        "too_broad": dict(broad.most_common(8)),
+        "too_narrow": dict(narrow.most_common(8)),
+        "unused": sorted(k for k, v in usage.items() if v == 0),
+        "tags": merged,
+    }
+
+
+def feedback_text(stats: dict) -> str:
+    """The architect's view of the statistics: short, ranked, with evidence."""
+    lines = [f"coverage {stats['coverage']:.2f} of {stats['items_seen']} items; out-of-vocabulary answers "
+             f"{stats['oov_answers']}; annotator agreement "
+             + ("n/a" if stats["agreement"] is None else f"{stats['agreement']:.2f}")]
+    if stats["proposals"]:
+        lines.append("uncovered aspects (proposed descriptor, times proposed, facet, evidence):")
+        for name, p in list(stats["proposals"].items())[:8]:
+            ev = f' "{p["evidence"][0]}"' if p["evidence"] else ""
+            lines.append(f"- {name} x{p['count']} ({p['facet'] or '?'}){ev}")
+    if stats["overlaps"]:
+        lines.append("overlapping pairs: " + ", ".join(f"{a} ~ {b} x{n}" for a, b, n in stats["overlaps"]))
+    if stats["too_broad"]:
+        lines.append("too broad: " + ", ".join(f"{k} x{v}" for k, v in stats["too_broad"].items()))
+    if stats["too_narrow"]:
+        lines.append("too narrow: " + ", ".join(f"{k} x{v}" for k, v in stats["too_narrow"].items()))
+    if stats["unused"]:
+        lines.append("unused this round: " + ", ".join(stats["unused"][:15]))
+    return "\n".join(lines)

@@ -19,27 +19,16 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-from pydantic import BaseModel, Field
 
 from tagsmith.agents import assigner
-from tagsmith.errors import StructuredOutputError
+from tagsmith.core.config import AssignConfig
+from tagsmith.core.errors import StructuredOutputError
 from tagsmith.evaluators.vocab_metrics import tag_metrics
-from tagsmith.vocabulary import Vocabulary
+from tagsmith.core.vocabulary import Vocabulary
+from tagsmith.pipelines.context import RunContext
 
+KIND = "tag"
 PROMPTS = assigner.PROMPTS
-
-
-class AssignConfig(BaseModel):
-    """pipeline.assign section."""
-
-    domain: str = "catalog items"
-    batch_size: int = Field(default=4, ge=1)  # items per call
-    per_facet: int = Field(default=2, ge=1)  # descriptors per facet at most
-    # batches per superstep, at least 4 x llm.concurrency: the gateway's semaphore keeps C
-    # calls in flight within a wave, and the superstep barrier costs one tail per wave
-    wave_batches: int = Field(default=64, ge=1)
-    repair_threshold: float = Field(default=0.6, ge=0, le=1)  # cosine for embedding repair
-    repair_by_embedding: bool = True
 
 
 class State(TypedDict, total=False):
@@ -58,14 +47,21 @@ class AssignTask(TypedDict):
 
 
 def _cfg(runtime: Runtime) -> AssignConfig:
-    return runtime.context.section("assign", AssignConfig)
+    return runtime.context.config.pipeline.assign
+
+
+def vocabulary(ctx: RunContext, vocab_run: str) -> Vocabulary:
+    """The final vocabulary of a vocab run, read from the store once per run."""
+    if vocab_run not in ctx.vocabularies:
+        from tagsmith.pipelines.vocabulary import final_vocabulary
+
+        ctx.vocabularies[vocab_run] = final_vocabulary(ctx.store, vocab_run)[0]
+    return ctx.vocabularies[vocab_run]
 
 
 def load(state: State, runtime: Runtime) -> dict:
     ctx = runtime.context
-    from tagsmith.pipelines.vocabulary import final_vocabulary
-
-    vocab, _ = final_vocabulary(ctx.store, state["vocab_run"])
+    vocab = vocabulary(ctx, state["vocab_run"])
     items = state.get("items", [])
     ctx.store.put_records(ctx.run_id, "item", ((i["id"], {"text": i["text"]}) for i in items))
     return {"vocab": vocab.model_dump(), "n_items": len(items), "items": [], "waves": 0}
@@ -80,11 +76,8 @@ def plan(state: State, runtime: Runtime) -> dict:
     limit = cfg.batch_size * max(cfg.wave_batches, 4 * ctx.config.llm.concurrency)
     wave = [{"id": k, "text": v["text"]} for k, v in ctx.store.pending_records(ctx.run_id, "item", "tag", limit)]
     batches = [wave[i:i + cfg.batch_size] for i in range(0, len(wave), cfg.batch_size)]
-    bar = ctx.extras.get("progress")
-    if bar is not None:
-        bar.total = ctx.store.count_records(ctx.run_id, "item")
-        bar.n = ctx.store.count_records(ctx.run_id, "tag")
-        bar.refresh()
+    if ctx.progress is not None:
+        ctx.progress.total(ctx.store.count_records(ctx.run_id, "item"), ctx.store.count_records(ctx.run_id, "tag"))
     return {"batches": batches, "waves": state.get("waves", 0) + (1 if batches else 0)}
 
 
@@ -94,67 +87,59 @@ def after_plan(state: State) -> list[Send] | Literal["finalize"]:
     return [Send("assign", {"vocab_run": state["vocab_run"], "items": b}) for b in state["batches"]]
 
 
-def _vocabulary(runtime: Runtime, vocab_run: str) -> Vocabulary:
-    extras = runtime.context.extras
-    key = ("vocabulary", vocab_run)
-    if key not in extras:
-        from tagsmith.pipelines.vocabulary import final_vocabulary
+class AssignStage:
+    """Per-run resources of the assign node: the vocabulary, the embedding index used to
+    repair out-of-vocabulary answers, and a limit on batches past prompt building (a wave
+    starts all its tasks at once; without it every task would build its prompt before the
+    first request leaves: at C=128, 512 prompts, half a second of CPU before the provider
+    sees anything)."""
 
-        extras[key] = final_vocabulary(runtime.context.store, vocab_run)[0]
-    return extras[key]
+    def __init__(self, ctx: RunContext, vocab_run: str):
+        self.ctx = ctx
+        self.cfg = ctx.config.pipeline.assign
+        self.vocab = vocabulary(ctx, vocab_run)
+        self.slots = asyncio.Semaphore(2 * ctx.config.llm.concurrency)
+        self._index: tuple[list[str], np.ndarray] | None = None
 
-
-def _nearest_fn(runtime: Runtime, vocab: Vocabulary):
-    """names -> nearest descriptor by MiniLM cosine (descriptor name + definition)."""
-    extras = runtime.context.extras
-    key = ("vocab_vecs", tuple(vocab.names()))
-    embed = extras.get("embed")
-    if embed is None:
-        from tagsmith.evaluators.embeddings import default_embedder
-
-        embed = extras["embed"] = default_embedder().encode
-    if key not in extras:
-        descs = [(d.name, f"{d.name.replace('-', ' ')}: {d.definition}") for f in vocab.facets for d in f.descriptors]
-        extras[key] = ([n for n, _ in descs], embed([t for _, t in descs]))
-    names, vecs = extras[key]
-
-    def nearest(queries: list[str]) -> list[tuple[str, float]]:
-        q = embed([x.replace("-", " ").replace("_", " ") for x in queries])
-        sims = np.asarray(q) @ np.asarray(vecs).T
+    def nearest(self, queries: list[str]) -> list[tuple[str, float]]:
+        """names -> nearest descriptor by MiniLM cosine (descriptor name + definition)."""
+        embed = self.ctx.embedder()
+        if self._index is None:
+            descs = [(d.name, f"{d.name.replace('-', ' ')}: {d.definition}")
+                     for f in self.vocab.facets for d in f.descriptors]
+            self._index = ([n for n, _ in descs], np.asarray(embed([t for _, t in descs])))
+        names, vecs = self._index
+        q = np.asarray(embed([x.replace("-", " ").replace("_", " ") for x in queries]))
+        sims = q @ vecs.T
         best = sims.argmax(axis=1)
         return [(names[b], float(sims[i, b])) for i, b in enumerate(best)]
 
-    return nearest
+    async def process(self, items: list[dict]) -> tuple[dict[str, assigner.ItemTags], assigner.BatchStats]:
+        cfg = self.cfg
+        try:
+            return await assigner.assign(self.ctx.gateway, self.vocab, items, domain=cfg.domain,
+                                         per_facet=cfg.per_facet,
+                                         nearest=self.nearest if cfg.repair_by_embedding else None,
+                                         repair_threshold=cfg.repair_threshold)
+        except StructuredOutputError as exc:  # malformed beyond re-asks: record as failed, go on
+            tags = {str(i["id"]): assigner.ItemTags(id=str(i["id"]), by_facet={}, descriptors=[],
+                                                    semantic_id=[], status="failed") for i in items}
+            return tags, assigner.BatchStats(calls=exc.attempts)
 
 
-def _slots(runtime: Runtime) -> asyncio.Semaphore:
-    """At most 2 x concurrency batches past this point. A wave starts all its tasks at
-    once; without it every task would build its prompt before the first request leaves
-    (at C=128, 512 prompts: half a second of CPU before the provider sees anything)."""
-    extras = runtime.context.extras
-    if "assign_slots" not in extras:
-        extras["assign_slots"] = asyncio.Semaphore(2 * runtime.context.config.llm.concurrency)
-    return extras["assign_slots"]
+def _stage(ctx: RunContext, vocab_run: str) -> AssignStage:
+    if not isinstance(ctx.stage, AssignStage):
+        ctx.stage = AssignStage(ctx, vocab_run)
+    return ctx.stage
 
 
 async def assign(task: AssignTask, runtime: Runtime) -> dict:
     ctx = runtime.context
-    cfg = _cfg(runtime)
-    vocab = _vocabulary(runtime, task["vocab_run"])
-    nearest = _nearest_fn(runtime, vocab) if cfg.repair_by_embedding else None
-    async with _slots(runtime):
-        try:
-            tags, stats = await assigner.assign(ctx.gateway, vocab, task["items"], domain=cfg.domain,
-                                                per_facet=cfg.per_facet, nearest=nearest,
-                                                repair_threshold=cfg.repair_threshold)
-        except StructuredOutputError as exc:  # malformed beyond re-asks: record as failed, go on
-            tags = {str(i["id"]): assigner.ItemTags(id=str(i["id"]), by_facet={}, descriptors=[],
-                                                    semantic_id=[], status="failed") for i in task["items"]}
-            stats = assigner.BatchStats(calls=exc.attempts)
+    stage = _stage(ctx, task["vocab_run"])
+    async with stage.slots:
+        tags, stats = await stage.process(task["items"])
         await ctx.store.aput_records(ctx.run_id, "tag", [(k, t.to_record()) for k, t in tags.items()])
-    bar = ctx.extras.get("progress")
-    if bar is not None:
-        bar.update(len(tags))
+    ctx.advance(len(tags))
     return {"batch_stats": [{"items": len(task["items"]), "answers": stats.answers, "oov": stats.oov,
                              "repaired": stats.repaired, "reasked_items": stats.reasked_items,
                              "missing_items": stats.missing_items,

@@ -24,49 +24,19 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-from pydantic import BaseModel, Field
 
 from tagsmith.agents.evolver import PROMPTS as EVOLVER_PROMPTS
-from tagsmith.agents.evolver import EditFailed, LLMProposer
-from tagsmith.errors import ConfigError, StructuredOutputError
+from tagsmith.agents.evolver import EditFailed, LLMProposer, Proposer
+from tagsmith.core.config import EvolveConfig
+from tagsmith.core.errors import ConfigError, StructuredOutputError
 from tagsmith.evaluators.evo_tasks import Task, builtin_task, extract_block, load_task
-from tagsmith.search_control import (ControlConfig, absolute_progress, choose_action, momentum,
+from tagsmith.evaluators.sandbox import SandboxPool
+from tagsmith.pipelines.evolution_control import (absolute_progress, control_config, choose_action, momentum,
                                      relative_progress, should_trigger, snapshot_index, tournament)
 
+KIND = "evolve"
 PROMPTS = EVOLVER_PROMPTS
 STATUSES = ("new", "in progress", "validated", "invalidated")
-
-
-class EvolveConfig(BaseModel):
-    """pipeline.evolve section."""
-
-    task: str = "funcmin"  # a built-in task name or a task folder
-    data_dir: str | None = None  # LLM-SR data (default: $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr)
-    islands: int = Field(default=4, ge=1)
-    budget: int | None = Field(default=None, ge=1)  # evaluations; default: the task's
-    workers: int = Field(default=2, ge=1)  # sandboxed evaluations in parallel
-    seed: int = 0
-    proposer: Literal["llm", "random"] = "llm"
-    idea_cap: int = Field(default=5, ge=1)
-    condense_every: int = Field(default=20, ge=2)
-    repair_turns: int = Field(default=1, ge=0)
-    summarize_with_llm: bool = True
-    timeout_s: float | None = None  # per evaluation; default: the task's
-    memory_mb: int | None = None
-    beta: float = 0.85
-    epsilon: float = 0.001
-    freeze: int = 15
-    backtrack_len: int = 5
-    alpha: float = 1.5
-    tournament: int = 3
-    top_pool: int = 8
-    backtracking: bool = True
-    crossover: bool = True
-
-    def control(self) -> ControlConfig:
-        return ControlConfig(beta=self.beta, epsilon=self.epsilon, freeze=self.freeze,
-                             backtrack_len=self.backtrack_len, alpha=self.alpha, tournament=self.tournament,
-                             top_pool=self.top_pool, backtracking=self.backtracking, crossover=self.crossover)
 
 
 class State(TypedDict, total=False):
@@ -87,7 +57,7 @@ class StepTask(TypedDict):
 
 # -- context --------------------------------------------------------------------------------------
 def _cfg(runtime: Runtime) -> EvolveConfig:
-    return runtime.context.section("evolve", EvolveConfig)
+    return runtime.context.config.pipeline.evolve
 
 
 def resolve_task(cfg: EvolveConfig) -> Task:
@@ -102,32 +72,30 @@ def resolve_task(cfg: EvolveConfig) -> Task:
 
 
 def _task(runtime: Runtime) -> Task:
-    extras = runtime.context.extras
-    if "task" not in extras:
-        extras["task"] = resolve_task(_cfg(runtime))
-    return extras["task"]
+    ctx = runtime.context
+    if ctx.task is None:
+        ctx.task = resolve_task(_cfg(runtime))
+    return ctx.task
 
 
-def _pool(runtime: Runtime):
-    extras = runtime.context.extras
-    if "pool" not in extras:
-        from tagsmith.evaluators.sandbox import SandboxPool
-
-        extras["pool"] = SandboxPool(_cfg(runtime).workers)
-    return extras["pool"]
+def _pool(runtime: Runtime) -> SandboxPool:
+    ctx = runtime.context
+    if ctx.sandbox is None:
+        ctx.sandbox = SandboxPool(_cfg(runtime).workers)
+    return ctx.sandbox
 
 
-def _proposer(runtime: Runtime):
-    extras = runtime.context.extras
-    if "proposer" not in extras:
+def _proposer(runtime: Runtime) -> Proposer:
+    ctx = runtime.context
+    if ctx.proposer is None:
         cfg, task = _cfg(runtime), _task(runtime)
         if cfg.proposer == "random":
             from tagsmith.agents.random_proposer import RandomExprProposer
 
-            extras["proposer"] = RandomExprProposer.for_program(task.initial_program)
+            ctx.proposer = RandomExprProposer.for_program(task.initial_program)
         else:
-            extras["proposer"] = LLMProposer(runtime.context.gateway, task)
-    return extras["proposer"]
+            ctx.proposer = LLMProposer(ctx.gateway, task)
+    return ctx.proposer
 
 
 def _rng(cfg: EvolveConfig, *parts: Any) -> random.Random:
@@ -312,7 +280,7 @@ async def _prune(proposer, ideas: list[dict], cap: int, keep: str | None) -> lis
 
 def control(state: State, runtime: Runtime) -> dict:
     cfg = _cfg(runtime)
-    ctl = cfg.control()
+    ctl = control_config(cfg)
     task = _task(runtime)
     target = task.config.normalised(task.config.target)
     gen = state["generation"]
@@ -417,7 +385,7 @@ def finish(ctx, state: State) -> dict:
     best = cands[state["best"]["cid"]]
     counts = {k: sum(1 for a in state.get("actions", []) if a["action"] == k) for k in ("backtrack", "crossover")}
     failed = sum(1 for c in cands.values() if c["status"] != "ok")
-    out = {"task": ctx.section("evolve", EvolveConfig).task, "best_score": best["score"],
+    out = {"task": ctx.config.pipeline.evolve.task, "best_score": best["score"],
            "best_candidate": state["best"]["cid"], "evaluations": state["evaluations"],
            "generations": state["generation"], "failed_candidates": failed, "stop_reason": state["stop_reason"],
            "backtracks": counts["backtrack"], "crossovers": counts["crossover"]}

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from tagsmith.prompts import load, render
 
+KIND = "probe"
 PROMPTS = ("probe_system", "probe_describe")
 
 

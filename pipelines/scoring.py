@@ -18,28 +18,12 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-from pydantic import BaseModel, Field
 
 from tagsmith.agents import scorer
+from tagsmith.core.config import ScoreConfig
 
+KIND = "score"
 PROMPTS = scorer.PROMPTS
-
-
-class ScoreConfig(BaseModel):
-    """pipeline.score section."""
-
-    batch_size: int = Field(default=16, ge=1)  # documents per graph task
-    wave_batches: int = Field(default=8, ge=1)  # tasks per superstep (checkpoint granularity)
-    max_doc_tokens: int = Field(default=512, ge=16)
-    top_logprobs: int = Field(default=10, ge=1, le=20)
-    fallback_samples: int = Field(default=8, ge=0)  # k one-token samples without logprobs
-    density: bool = True
-    density_rows: int = Field(default=128, ge=1)
-    density_buckets: int = Field(default=1 << 14, ge=16)
-    density_width: float = Field(default=2.0, gt=0)
-    density_projections: int = Field(default=8, ge=1)
-    exact_check_max: int = Field(default=3000, ge=0)  # below this N, also compute exact KDE as a check
-    seed: int = 0
 
 
 class State(TypedDict, total=False):
@@ -51,7 +35,7 @@ class State(TypedDict, total=False):
 
 
 def _cfg(runtime: Runtime) -> ScoreConfig:
-    return runtime.context.section("score", ScoreConfig)
+    return runtime.context.config.pipeline.score
 
 
 def load(state: State, runtime: Runtime) -> dict:
@@ -67,11 +51,10 @@ def density(state: State, runtime: Runtime) -> dict:
     if not cfg.density:
         return {"density_check": {}}
     from tagsmith.evaluators.density import LSHDensitySketch, exact_kde
-    from tagsmith.evaluators.embeddings import default_embedder
 
     docs = ctx.store.records(ctx.run_id, "doc")
     ids = list(docs)
-    vecs = default_embedder().encode([docs[i]["text"] for i in ids])
+    vecs = np.asarray(ctx.embedder()([docs[i]["text"] for i in ids]))
     sketch = LSHDensitySketch(vecs.shape[1], rows=cfg.density_rows, buckets=cfg.density_buckets,
                               width=cfg.density_width, projections=cfg.density_projections, seed=cfg.seed).fit(vecs)
     dens = sketch.density(vecs)
@@ -91,10 +74,8 @@ def plan(state: State, runtime: Runtime) -> dict:
     done = ctx.store.record_keys(ctx.run_id, "score")
     pending = [{"id": k, "text": v["text"]} for k, v in docs.items() if k not in done]
     wave = pending[: cfg.batch_size * cfg.wave_batches]
-    bar = ctx.extras.get("progress")
-    if bar is not None:
-        bar.total, bar.n = len(docs), len(done)
-        bar.refresh()
+    if ctx.progress is not None:
+        ctx.progress.total(len(docs), len(done))
     return {"batches": [wave[i:i + cfg.batch_size] for i in range(0, len(wave), cfg.batch_size)]}
 
 
@@ -113,9 +94,7 @@ async def score(task: dict, runtime: Runtime) -> dict:
     rows = [(d["id"], {"score": r.score, "method": r.method, "details": r.details})
             for d, r in zip(task["docs"], results)]
     await ctx.store.aput_records(ctx.run_id, "score", rows)
-    bar = ctx.extras.get("progress")
-    if bar is not None:
-        bar.update(len(rows))
+    ctx.advance(len(rows))
     methods: dict[str, int] = {}
     for r in results:
         methods[r.method] = methods.get(r.method, 0) + 1

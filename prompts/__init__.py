@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from string import Template
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 

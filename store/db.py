@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import secrets
 import sqlite3
@@ -22,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, create_engine, event, func, insert, select, text, update
+from sqlalchemy import Connection, and_, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
-from tagsmith.errors import ConfigError, TagsmithError
+from tagsmith.core.errors import ConfigError, TagsmithError
 from tagsmith.store.migrations import migrate
 from tagsmith.store.models import LLMCache, LLMCall, Run, RunRecord, utcnow
 
@@ -186,24 +187,23 @@ class Store:
                 kwargs["poolclass"] = StaticPool
             elif not Path(self.path).parent.exists():
                 raise ConfigError(f"{self.path}: directory does not exist")
+        self.engine = self._engine(self.url, kwargs, busy_timeout_ms)
         try:
-            self.engine = create_engine(self.url, **kwargs)
-        except Exception as exc:  # bad URL, missing driver
-            raise ConfigError(f"store.db: cannot use {self.url!r}: {exc}") from exc
-        if self.url.startswith("sqlite"):
-            timeout = busy_timeout_ms
-
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn: sqlite3.Connection, _record) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute(f"PRAGMA busy_timeout={int(timeout)}")
-                if self.path is not None:
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.close()
-        with self._db_errors():
-            migrate(self.engine)
+            with self._db_errors():
+                migrate(self.engine)
+        except StoreError:
+            # A WAL database on a read-only file system cannot be opened for writing (its
+            # -wal/-shm files cannot be made) but can be read: open it read-only, so that
+            # `runs list` works and a write fails with "database is read-only". Without its
+            # -shm file SQLite reads a WAL database only as immutable, which a read-only file
+            # system is.
+            if not (self.path and Path(self.path).is_file() and not os.access(Path(self.path).parent, os.W_OK)):
+                raise
+            self.engine.dispose()
+            self.url = f"sqlite:///file:{self.path}?mode=ro&immutable=1&uri=true"
+            self.engine = self._engine(self.url, kwargs, busy_timeout_ms)
+            with self._db_errors():
+                migrate(self.engine)
         # Async code writes through one thread that group-commits: writes that arrive while a
         # transaction is open commit together in the next one, and each caller resumes only
         # once its own write is durable. Our writes never wait on each other's locks
@@ -214,6 +214,25 @@ class Store:
         self._has_upsert = self.engine.dialect.name in ("sqlite", "postgresql")  # INSERT ... ON CONFLICT
         self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact)
         self._reader = _Batcher("tagsmith-cache-reader", self._cache_get_many, single=self.cache_get)
+
+    def _engine(self, url: str, kwargs: dict[str, Any], busy_timeout_ms: int):
+        try:
+            engine = create_engine(url, **kwargs)
+        except Exception as exc:  # bad URL, missing driver
+            raise ConfigError(f"store.db: cannot use {url!r}: {exc}") from exc
+        if url.startswith("sqlite"):
+            path = self.path
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: sqlite3.Connection, _record) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                if path is not None:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        return engine
 
     # -- sessions ---------------------------------------------------------------------
     @contextmanager
@@ -345,10 +364,13 @@ class Store:
                 run = rows[0][0] if len(rows) == 1 else None
             return run
 
-    def require_run(self, run_id: str) -> Run:
+    def require_run(self, run_id: str, kind: str | None = None) -> Run:
+        """The run with this id (or unique id prefix); with ``kind``, it must be of that kind."""
         run = self.get_run(run_id)
         if run is None:
             raise ConfigError(f"run {run_id!r} not found in {self.path or self.url}")
+        if kind is not None and run.kind != kind:
+            raise ConfigError(f"run {run.id} is a {run.kind} run; this needs a {kind} run")
         return run
 
     def list_runs(self, kind: str | None = None, limit: int = 50) -> list[Run]:
@@ -367,9 +389,6 @@ class Store:
                 setattr(run, k, v)
             run.updated_at = utcnow()
             s.add(run)
-
-    def set_metrics(self, run_id: str, metrics: dict[str, Any]) -> None:
-        self.update_run(run_id, metrics_json=json.dumps(metrics, default=float))
 
     # -- LLM log and cache ------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
@@ -473,9 +492,3 @@ class Store:
         with self.session() as s:
             return {k for (k,) in s.execute(select(RunRecord.key).where(
                 RunRecord.run_id == run_id, RunRecord.kind == kind)).all()}
-
-    def integrity_check(self) -> str:
-        if self.path is None:
-            return "ok"
-        with self.engine.connect() as conn:
-            return conn.execute(text("PRAGMA integrity_check")).scalar_one()

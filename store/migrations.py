@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
 from tagsmith.store import models
@@ -27,13 +27,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
 ]
 
 
-def register(name: str, fn: Callable[[Connection], None]) -> None:
-    """Append a migration (used by pipeline modules that own tables). Names must be unique."""
-    if any(n == name for n, _ in MIGRATIONS):
-        return
-    MIGRATIONS.append((name, fn))
-
-
 def migrate(engine) -> list[str]:
     """Apply pending migrations in order; returns the names applied now."""
     applied_now: list[str] = []
@@ -50,7 +43,3 @@ def migrate(engine) -> list[str]:
                          {"n": name})
         applied_now.append(name)
     return applied_now
-
-
-def columns(conn: Connection, table: str) -> set[str]:
-    return {c["name"] for c in inspect(conn).get_columns(table)}

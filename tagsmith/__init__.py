@@ -1,12 +1,10 @@
 """tagsmith: LLM agents as LangGraph graphs for tagging, program evolution and data scoring.
 
-The top-level folders of the repository (agents/, pipelines/, store/, evaluators/,
-prompts/) install as ``tagsmith.agents``, ``tagsmith.pipelines`` and so on.
+The repository's top-level folders install under this namespace: ``tagsmith.core``
+(config, errors, the vocabulary model, readers), ``tagsmith.store``, ``tagsmith.prompts``,
+``tagsmith.evaluators``, ``tagsmith.agents``, ``tagsmith.pipelines``; this folder holds the
+shell: ``tagsmith.api`` (one function per job), ``tagsmith.runtime`` (runs and resume) and
+the CLI.
 """
-
-import os
-
-# litellm fetches a model cost map from the network at import unless told otherwise.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __version__ = "0.1.0"

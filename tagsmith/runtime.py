@@ -16,20 +16,22 @@ import importlib
 import json
 import sqlite3
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
 from tagsmith.agents.gateway import Backend, Gateway
-from tagsmith.config import Config, validate_config, deep_merge
-from tagsmith.errors import BudgetExceeded, ConfigError
-from tagsmith.store.db import Store, StoreError, describe_db_error, sqlite_path
+from tagsmith.core.config import Config, deep_merge, validate_config
+from tagsmith.core.errors import BudgetExceeded, ConfigError
+from tagsmith.pipelines.context import Embed, Pipeline, Progress, RunContext
+from tagsmith.store.db import Store, StoreError, describe_db_error
 from tagsmith.store.models import utcnow
 
-# kind -> module implementing the pipeline protocol:
-#   build_graph() -> StateGraph (uncompiled)        finish(ctx, state) -> metrics dict
-#   export_rows(store, run) -> list[dict]  (optional)
+__all__ = ["PIPELINES", "Pipeline", "RunContext", "execute", "resume", "pipeline", "open_store", "checkpointer"]
+
+# run kind -> the module that implements the Pipeline protocol for it (imported on demand:
+# `tagsmith runs list` must not load every graph)
 PIPELINES: dict[str, str] = {
     "probe": "tagsmith.pipelines.probe",
     "vocab": "tagsmith.pipelines.vocabulary",
@@ -39,26 +41,14 @@ PIPELINES: dict[str, str] = {
 }
 
 
-def pipeline_module(kind: str):
+def pipeline(kind: str) -> Pipeline:
+    """The pipeline module of a run kind, checked against the protocol."""
     if kind not in PIPELINES:
         raise ConfigError(f"unknown run kind {kind!r}; known: {', '.join(sorted(PIPELINES))}")
-    return importlib.import_module(PIPELINES[kind])
-
-
-@dataclass
-class RunContext:
-    """What every node gets through LangGraph's runtime context (never checkpointed)."""
-
-    run_id: str
-    store: Store
-    gateway: Gateway
-    config: Config
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def section(self, name: str, model):
-        from tagsmith.config import section
-
-        return section(self.config, name, model)
+    module = importlib.import_module(PIPELINES[kind])
+    if not isinstance(module, Pipeline):  # a programming error, caught by the tests
+        raise TypeError(f"{PIPELINES[kind]} does not implement the Pipeline protocol")
+    return module
 
 
 def open_store(config: Config) -> Store:
@@ -84,11 +74,22 @@ def _graph_config(run_id: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": run_id}, "recursion_limit": 10_000}
 
 
+@dataclass
+class Services:
+    """What a caller may lend a run: a model backend (tests: the fake), a progress display,
+    an embedder. Anything left out is made by the run itself."""
+
+    backend: Backend | None = None
+    progress: Progress | None = None
+    embed: Embed | None = None
+
+
 async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: dict[str, Any] | None,
-                 backend: Backend | None, extras: dict[str, Any] | None) -> dict[str, Any]:
-    module = pipeline_module(kind)
-    gateway = Gateway(config.llm, store=store, run_id=run_id, backend=backend)
-    ctx = RunContext(run_id=run_id, store=store, gateway=gateway, config=config, extras=extras or {})
+                 services: Services) -> dict[str, Any]:
+    module = pipeline(kind)
+    gateway = Gateway(config.llm, store=store, run_id=run_id, backend=services.backend)
+    ctx = RunContext(run_id=run_id, store=store, gateway=gateway, config=config, progress=services.progress,
+                     embed=services.embed)
     store.update_run(run_id, status="running", error=None)
     try:
         async with checkpointer(config, store) as saver:
@@ -124,6 +125,7 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
             raise StoreError(describe_db_error(exc, store.url)) from exc
         raise
     finally:
+        await ctx.aclose()
         await gateway.aclose()
 
 
@@ -154,19 +156,18 @@ def _config_record(config: Config) -> dict[str, Any]:
 
 async def execute(kind: str, config: Config, inputs: dict[str, Any], *, store: Store | None = None,
                   backend: Backend | None = None, parent_run: str | None = None,
-                  extras: dict[str, Any] | None = None, run_id: str | None = None):
+                  progress: Progress | None = None, embed: Embed | None = None, run_id: str | None = None):
     """Start a new run of ``kind``; returns (run row, final state)."""
-    module = pipeline_module(kind)
+    module = pipeline(kind)
     own = store is None
     store = store or open_store(config)
     try:
-        prompts = getattr(module, "PROMPTS", ())
         from tagsmith.prompts import prompt_hash
 
         run = store.create_run(kind, config=_config_record(config), model=config.llm.model, inputs=inputs,
                                parent_run=parent_run, run_id=run_id,
-                               prompt_hashes={p: prompt_hash(p) for p in prompts})
-        state = await _drive(kind, run.id, config, store, inputs, backend, extras)
+                               prompt_hashes={p: prompt_hash(p) for p in module.PROMPTS})
+        state = await _drive(kind, run.id, config, store, inputs, Services(backend, progress, embed))
         return store.require_run(run.id), state
     finally:
         if own:
@@ -175,7 +176,7 @@ async def execute(kind: str, config: Config, inputs: dict[str, Any], *, store: S
 
 async def resume(run_id: str, config: Config, *, overrides: dict[str, Any] | None = None,
                  store: Store | None = None, backend: Backend | None = None,
-                 extras: dict[str, Any] | None = None):
+                 progress: Progress | None = None, embed: Embed | None = None):
     """Continue a run from its last checkpoint with its own stored configuration.
 
     ``overrides`` (e.g. a larger budget) are merged over the stored configuration; the
@@ -188,12 +189,8 @@ async def resume(run_id: str, config: Config, *, overrides: dict[str, Any] | Non
         stored["store"] = config.store.model_dump()
         merged = validate_config(deep_merge(stored, overrides or {}), source=f"run {run.id} configuration")
         store.update_run(run.id, config_json=json.dumps(_config_record(merged)))  # what the run now uses
-        state = await _drive(run.kind, run.id, merged, store, None, backend, extras)
+        state = await _drive(run.kind, run.id, merged, store, None, Services(backend, progress, embed))
         return store.require_run(run.id), state
     finally:
         if own:
             store.close()
-
-
-def db_label(store: Store) -> str:
-    return sqlite_path(store.url) or store.url

@@ -11,7 +11,7 @@ import pytest
 
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.agents.gateway import Gateway
-from tagsmith.config import LLMConfig, load_config
+from tagsmith.core.config import LLMConfig, load_config
 from tagsmith.store.db import Store
 
 

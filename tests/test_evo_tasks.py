@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 from tagsmith.evaluators.evo_tasks import (BUILTIN_TASKS, Task, TaskConfig, apply_search_replace,
                                            builtin_task, extract_block, llmsr_data_dir, load_task,
                                            replace_block)

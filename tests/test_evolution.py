@@ -16,9 +16,9 @@ import pytest
 
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.cli import main
-from tagsmith.config import load_config
+from tagsmith.core.config import load_config
 from tagsmith.runtime import execute
-from tagsmith.search_control import (ControlConfig, absolute_progress, action_weights, choose_action, momentum,
+from tagsmith.pipelines.evolution_control import (ControlConfig, absolute_progress, action_weights, choose_action, momentum,
                                      relative_progress, should_trigger, snapshot_index, tournament)
 
 HERE = Path(__file__).resolve().parent

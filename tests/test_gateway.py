@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from tagsmith.agents.fake import FakeLLM, FakeReply
 from tagsmith.agents.gateway import (Gateway, LiteLLMBackend, TokenLogprob, TransientError, is_transient,
                                      retry_after_seconds)
-from tagsmith.config import LLMConfig
-from tagsmith.errors import BudgetExceeded, ConfigError, LLMError, StructuredOutputError
+from tagsmith.core.config import LLMConfig
+from tagsmith.core.errors import BudgetExceeded, ConfigError, LLMError, StructuredOutputError
 
 
 class Pet(BaseModel):

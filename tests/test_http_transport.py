@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.agents.gateway import Gateway, HTTPBackend, TransientError, register_backend
-from tagsmith.config import LLMConfig
-from tagsmith.errors import ConfigError, LLMError
+from tagsmith.core.config import LLMConfig
+from tagsmith.core.errors import ConfigError, LLMError
 from tagsmith.store.db import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from tagsmith import items as items_mod
-from tagsmith.errors import ConfigError, InputError
-from tagsmith.items import Item, LoadReport, load_amazon, load_any, load_items, movielens
+from tagsmith.core import records as items_mod
+from tagsmith.core.errors import ConfigError, InputError
+from tagsmith.core.records import Item, LoadReport, load_amazon, load_any, load_items, movielens
 
 
 def write_jsonl(path, rows):

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from tagsmith.errors import ConfigError, InputError
+from tagsmith.core.errors import ConfigError, InputError
 from tagsmith.evaluators.recsys import critique, metrics, tags as tagmod
 from tagsmith.evaluators.recsys.data import Interactions, k_core, leave_one_out, load_interactions
 from tagsmith.evaluators.recsys.evaluate import Options, run_grid, run_one, to_markdown

@@ -17,7 +17,7 @@ from tagsmith.agents import scorer
 from tagsmith.agents.fake import FakeLLM, FakeReply
 from tagsmith.agents.gateway import Gateway, TokenLogprob, register_backend
 from tagsmith.cli import main
-from tagsmith.config import LLMConfig
+from tagsmith.core.config import LLMConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -104,7 +104,7 @@ def test_select_needs_a_score_run(tmp_path, db_path, capsys):
     from tagsmith.store.db import Store
     run = Store(db_path).create_run("probe", config={})
     assert main(["select", run.id, "--method", "askllm", "--rate", "0.1", "--db", db_path]) == 2
-    assert "select needs a score run" in capsys.readouterr().err
+    assert "is a probe run; this needs a score run" in capsys.readouterr().err
 
 
 def test_sigkill_scoring_then_resume(tmp_path, db_path):

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from tagsmith.config import load_config
-from tagsmith.errors import ConfigError
+from tagsmith.core.config import load_config
+from tagsmith.core.errors import ConfigError
 from tagsmith.store import migrations
 from tagsmith.store.db import Store, StoreError
 
@@ -168,7 +168,10 @@ def test_toml_config(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("llm:\n  concurency: 3\n", r"c\.yaml: llm\.concurency: Extra inputs"),
+    ("llm:\n  concurency: 3\n", r"c\.yaml: llm\.concurency: unknown key"),
+    ("pipeline:\n  vocabb:\n    sample_size: 5\n", r"c\.yaml: pipeline\.vocabb: unknown key"),
+    ("pipeline:\n  evolve:\n    islandz: 2\n", r"c\.yaml: pipeline\.evolve\.islandz: unknown key"),
+    ("pipeline:\n  score:\n    batch_size: -1\n", r"c\.yaml: pipeline\.score\.batch_size"),
     ("llm:\n  concurrency: zero\n", r"llm\.concurrency"),
     ("llm: [1, 2\n", r"c\.yaml:\d+: cannot parse"),
     ("llm:\n  api_key: sk-123\n", "secrets are read from the environment"),
@@ -178,3 +181,17 @@ def test_bad_config_names_file_and_field(tmp_path, text, match):
     f.write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(f, environ={})
+
+
+def test_a_typo_in_the_environment_names_the_environment(tmp_path):
+    with pytest.raises(ConfigError, match=r"environment \(TAGSMITH_\.\.\.\): pipeline\.vocab\.sampel: unknown key"):
+        load_config(environ={"TAGSMITH_PIPELINE__VOCAB__SAMPEL": "3"})
+
+
+def test_the_cli_refuses_a_misspelled_pipeline_section(tmp_path, capsys):
+    from tagsmith.cli import main
+
+    f = tmp_path / "t.yaml"
+    f.write_text("pipeline:\n  vocabb:\n    sample_size: 5\n")
+    assert main(["runs", "list", "--config", str(f), "--db", str(tmp_path / "x.db")]) == 2
+    assert capsys.readouterr().err.strip() == f"tagsmith: error: {f}: pipeline.vocabb: unknown key (a typo?)"

@@ -17,11 +17,11 @@ from tagsmith.agents import assigner
 from tagsmith.agents.fake import FakeLLM
 from tagsmith.agents.gateway import Gateway, register_backend
 from tagsmith.cli import main
-from tagsmith.config import LLMConfig, load_config
-from tagsmith.pipelines.vocabulary import (VocabConfig, aggregate_reports, dedup, feedback_text, round_batches,
-                                           seed_facet_from_field)
+from tagsmith.core.config import LLMConfig, VocabConfig, load_config
+from tagsmith.core.vocabulary import Descriptor, Facet, Vocabulary, seed_facet_from_field
+from tagsmith.evaluators.vocab_metrics import aggregate_reports, feedback_text
+from tagsmith.pipelines.vocabulary import dedup, round_batches
 from tagsmith.runtime import execute, resume
-from tagsmith.vocabulary import Descriptor, Facet, Vocabulary
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

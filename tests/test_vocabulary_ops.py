@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tagsmith.evaluators.vocab_metrics import agreement, entropy, redundancy, tag_metrics
-from tagsmith.vocabulary import (Bounds, Descriptor, Edit, Facet, Vocabulary, apply_edits, change_rate, diff,
+from tagsmith.core.vocabulary import (Bounds, Descriptor, Edit, Facet, Vocabulary, apply_edits, change_rate, diff,
                                  normalise, slug)
 
 B = Bounds(max_facets=3, max_per_facet=4, max_total=7)

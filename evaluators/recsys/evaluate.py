@@ -37,8 +37,7 @@ from tagsmith.evaluators.recsys.term import DECAY_GRID, SCORING, TermRetriever
 from tagsmith.evaluators.recsys.train import evaluate, seed_everything
 from tagsmith.evaluators.recsys.trie import build_codes
 
-MODELS = ("pop", "term", "generative", "ranker", "ranker-id", "critique")
-TAG_FREE = ("pop", "ranker-id")   # one row per seed, whatever the tag sources
+from tagsmith.evaluators.recsys import MODELS, TAG_FREE  # noqa: E402 - light names, kept beside the models
 NO_TAGS = "-"
 THREADS = 1
 

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagsmith.errors import ConfigError, InputError
+from tagsmith.core.errors import ConfigError, InputError
 from tagsmith.evaluators.recsys.data import jsonl_records
 
 TFIDF_TOP = 3      # keywords per title
@@ -173,7 +173,7 @@ def _read_tag_rows(reader: csv.DictReader, p: Path, desc: dict[str, list[str]]) 
 def movielens_genres() -> TagSet:
     """MovieLens-100k genres (the item file's ``class`` field), in the file's order;
     'unknown' is a placeholder, not a genre.  '1' -> ['Animation', "Children's", 'Comedy']"""
-    from tagsmith.datasets import _read_tsv, movielens_dir
+    from tagsmith.core.datasets import _read_tsv, movielens_dir
 
     rows = _read_tsv(movielens_dir() / "ml-100k.item")
     desc = {r["item_id"]: _clean(g for g in r.get("class", "").split() if g.lower() != "unknown") for r in rows}
@@ -205,7 +205,7 @@ def tfidf_keywords(titles: dict[str, str], top: int = TFIDF_TOP, min_df: int = T
 
 
 def movielens_tfidf(top: int = TFIDF_TOP, min_df: int = TFIDF_MIN_DF) -> TagSet:
-    from tagsmith.datasets import _read_tsv, movielens_dir
+    from tagsmith.core.datasets import _read_tsv, movielens_dir
 
     rows = _read_tsv(movielens_dir() / "ml-100k.item")
     titles = {r["item_id"]: r["movie_title"] if r["movie_title"] != "unkonwn" else "" for r in rows}

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import argparse
 import json
 import sys
 import time
-from pathlib import Path
+from collections import defaultdict
 
-from tagsmith.cli import config_from_args, out_dir, print_json, run_async
-from tagsmith.errors import ConfigError
-
-EXPORT_FORMATS = ("jsonl", "csv", "parquet")
+from tagsmith.commands.common import (config_from_args, flag_overrides, out_dir, print_json, print_metrics,
+                                      progress)
+from tagsmith.core.writers import FORMATS
 
 
 def add_commands(sub, common) -> None:
@@ -51,41 +49,67 @@ def add_commands(sub, common) -> None:
 
     p = sub.add_parser("export", parents=[common], help="write a run's results as JSONL, CSV or Parquet")
     p.add_argument("run")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
+    p.add_argument("--format", choices=FORMATS, default="jsonl")
     p.add_argument("-o", "--output", help="output file ('-' for stdout; default tagsmith-out/RUN.FORMAT)")
     p.set_defaults(func=cmd_export)
 
 
 # -- quickstart -------------------------------------------------------------------------------
-def cmd_quickstart(args) -> int:
-    if not args.probe:
-        from tagsmith.commands.tagging import quickstart
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """Build a vocabulary on a sample of bundled MovieLens movies (genres seed the first
+    facet), tag the movies with it, export the tags and print the metrics."""
+    from tagsmith import api
 
-        return quickstart(args)
-    from tagsmith.datasets import movielens_items
-    from tagsmith.runtime import execute, open_store
+    source = api.ItemSource(path=f"movielens:{args.items}")
+    if args.probe:
+        return _probe(args, source)
+    config = config_from_args(args, {"pipeline": {
+        "vocab": {"domain": "movies", "sample_size": args.sample, "max_rounds": args.rounds, "annotators": 2,
+                  "batch_size": 5, "draft_sample": 12},
+        "assign": {"domain": "movies", "batch_size": 8}}})
+    store = api.open_store(config)
+    where = store.path or store.url
+    print(f"tagsmith quickstart: {args.items} MovieLens-100k movies, vocabulary built on {args.sample}, "
+          f"model {config.llm.model}, store {where}", file=sys.stderr)
+    vocab = api.build_vocabulary(source, config, seed_field="genres", store=store)
+    words, usage = api.final_vocabulary(vocab.id, config, store=store)
+    print(f"vocabulary {vocab.id} ({vocab.seconds:.0f}s): {len(words.facets)} facets, {words.size()} descriptors")
+    print(words.render(usage, definitions=False))
+    with progress(config, "tagging", "item") as bar:
+        tagged = api.tag(source, config, vocab_run=vocab.id, store=store, progress=bar)
+    print_metrics(tagged.run, "tagging")
+    out = str(out_dir() / f"{tagged.id}.jsonl")
+    api.export(tagged.id, config, fmt="jsonl", output=out, store=store)
+    for n, row in enumerate(api.export_rows(tagged.id, config, store=store)):
+        if n == 3:
+            break
+        print(f"  e.g. {row['text'][:50]!r} -> {row['descriptors']}")
+    print(f"done in {vocab.seconds + tagged.seconds:.0f}s: vocabulary run {vocab.id}, tagging run {tagged.id} in "
+          f"{where}; tags written to {out}")
+    print(f"next: tagsmith vocab show {vocab.id} --versions | tagsmith runs show {tagged.id} | "
+          f"tagsmith export {tagged.id} --format parquet")
+    return 0
+
+
+def _probe(args: argparse.Namespace, source) -> int:
+    from tagsmith import api
 
     config = config_from_args(args)
-    items = [{"id": i["id"], "text": i["text"]} for i in movielens_items(limit=args.items)]
-    store = open_store(config)
-    print(f"tagsmith quickstart: {len(items)} MovieLens movies on {config.llm.model}; store {store.path or store.url}",
+    store = api.open_store(config)
+    print(f"tagsmith quickstart: {args.items} MovieLens movies on {config.llm.model}; store {store.path or store.url}",
           file=sys.stderr)
-    started = time.perf_counter()
-    run, state = run_async(execute("probe", config, {"items": items}, store=store))
-    elapsed = time.perf_counter() - started
-    from tagsmith.pipelines.probe import export_rows
-
-    for row in export_rows(store, run):
+    result = api.probe(source, config, store=store)
+    for row in api.export_rows(result.id, config, store=store):
         print(json.dumps({k: row[k] for k in ("id", "genre", "audience", "mood")} | {"movie": row["text"][:60]}))
-    metrics = json.loads(run.metrics_json)
-    print(f"run {run.id}: {run.status} in {elapsed:.1f}s; {metrics['llm_calls']} LLM calls, "
-          f"{metrics['cache_hits']} cached, {metrics['prompt_tokens'] + metrics['completion_tokens']} tokens; "
-          f"stored in {store.path or store.url} (tagsmith runs show {run.id})")
+    m = result.metrics
+    print(f"run {result.id}: {result.run.status} in {result.seconds:.1f}s; {m['llm_calls']} LLM calls, "
+          f"{m['cache_hits']} cached, {m['prompt_tokens'] + m['completion_tokens']} tokens; "
+          f"stored in {store.path or store.url} (tagsmith runs show {result.id})")
     return 0
 
 
 # -- serve ------------------------------------------------------------------------------------
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     from tagsmith.agents.local_model import LocalServer
 
     config = config_from_args(args, {"llm": {"local": {"port": args.port}}})
@@ -104,8 +128,8 @@ def cmd_serve(args) -> int:
 
 
 # -- runs ---------------------------------------------------------------------------------------
-def cmd_runs_list(args) -> int:
-    from tagsmith.runtime import open_store
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from tagsmith.api import open_store
 
     store = open_store(config_from_args(args))
     runs = store.list_runs(kind=args.kind, limit=args.limit)
@@ -120,10 +144,8 @@ def cmd_runs_list(args) -> int:
     return 0
 
 
-def cmd_runs_show(args) -> int:
-    from collections import defaultdict
-
-    from tagsmith.runtime import open_store
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from tagsmith.api import open_store
 
     store = open_store(config_from_args(args))
     run = store.require_run(args.run)
@@ -165,75 +187,34 @@ def cmd_runs_show(args) -> int:
 
 
 # -- resume -------------------------------------------------------------------------------------
-def cmd_resume(args) -> int:
-    from tagsmith.cli import flag_overrides
-    from tagsmith.runtime import open_store, resume
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tagsmith import api
 
     config = config_from_args(args)
-    store = open_store(config)
+    store = api.open_store(config)
     run = store.require_run(args.run)
     if run.status == "done":
         print(f"run {run.id} is already done; nothing to resume")
         return 0
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("store",)}
     print(f"resuming {run.kind} run {run.id} (was {run.status})", file=sys.stderr)
-    run, _ = run_async(resume(run.id, config, overrides=overrides, store=store))
-    print(f"run {run.id}: {run.status}; {run.calls} LLM calls paid in all, {run.cache_hits} cache hits")
+    desc, unit = {"tag": ("tagging", "item"), "score": ("scoring", "doc")}.get(run.kind, (run.kind, "step"))
+    with progress(config, desc, unit) as bar:
+        result = api.resume(run.id, config, overrides=overrides, store=store, progress=bar)
+    print(f"run {result.id}: {result.run.status}; {result.run.calls} LLM calls paid in all, "
+          f"{result.run.cache_hits} cache hits")
     return 0
 
 
 # -- export -------------------------------------------------------------------------------------
-def export_rows(store, run) -> list[dict]:
-    from tagsmith.runtime import pipeline_module
+def cmd_export(args: argparse.Namespace) -> int:
+    from tagsmith import api
 
-    module = pipeline_module(run.kind)
-    if not hasattr(module, "export_rows"):
-        raise ConfigError(f"run {run.id} ({run.kind}) has nothing to export")
-    return module.export_rows(store, run)
-
-
-def write_rows(rows: list[dict], fmt: str, output: str) -> str:
-    """Write rows as jsonl/csv/parquet to a path or '-' (stdout); nested values become JSON."""
-    if fmt == "parquet":
-        if output == "-":
-            raise ConfigError("--format parquet needs a file (-o PATH), not stdout")
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ConfigError("--format parquet needs pyarrow: pip install pyarrow") from exc
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), output)
-        return output
-    buf = io.StringIO()
-    if fmt == "jsonl":
-        for row in rows:
-            buf.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    else:
-        fields: list[str] = []
-        for row in rows:
-            fields += [k for k in row if k not in fields]
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
-                        for k, v in row.items()})
-    if output == "-":
-        sys.stdout.write(buf.getvalue())
-        return "-"
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(buf.getvalue(), encoding="utf-8")
-    return output
-
-
-def cmd_export(args) -> int:
-    from tagsmith.runtime import open_store
-
-    store = open_store(config_from_args(args))
+    config = config_from_args(args)
+    store = api.open_store(config)
     run = store.require_run(args.run)
-    rows = export_rows(store, run)
     output = args.output or str(out_dir() / f"{run.id}.{args.format}")
-    where = write_rows(rows, args.format, output)
-    if where != "-":
-        print(f"wrote {len(rows)} rows to {where}")
+    n = api.export(run.id, config, fmt=args.format, output=output, store=store)
+    if output != "-":
+        print(f"wrote {n} rows to {output}")
     return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
-from tagsmith.cli import config_from_args, out_dir, run_async
-from tagsmith.errors import ConfigError
+from tagsmith.commands.common import config_from_args, out_dir
+from tagsmith.core.errors import ConfigError
 
 
 def add_commands(sub, common) -> None:
@@ -51,49 +50,45 @@ def cmd_evolve(args) -> int:
         if not args.run:
             raise ConfigError("usage: tagsmith evolve show RUN")
         return show(args)
-    from tagsmith.pipelines.evolution import EvolveConfig, resolve_task
-    from tagsmith.runtime import execute, open_store
+    from tagsmith import api
+    from tagsmith.pipelines.evolution import resolve_task
 
     config = config_from_args(args, {"pipeline": {"evolve": evolve_overrides(args)}})
-    ecfg = EvolveConfig.model_validate(config.pipeline["evolve"])
+    ecfg = config.pipeline.evolve
     task = resolve_task(ecfg)  # fail early on a bad task or data folder
-    store = open_store(config)
     print(f"evolving {task.config.name} ({task.config.metric}, {task.config.direction}; target "
           f"{task.config.target}) on {ecfg.islands} islands, budget {ecfg.budget or task.config.budget} evaluations, "
           f"proposer {ecfg.proposer} ({config.llm.model if ecfg.proposer == 'llm' else 'no model'})", file=sys.stderr)
-    started = time.perf_counter()
-    run, state = run_async(execute("evolve", config, {}, store=store))
-    m = json.loads(run.metrics_json)
-    print(f"run {run.id}: {run.status} in {time.perf_counter() - started:.0f}s; best {task.config.metric} "
+    result = api.evolve(config)
+    m = result.metrics
+    print(f"run {result.id}: {result.run.status} in {result.seconds:.0f}s; best {task.config.metric} "
           f"{m['best_score']:.6g} ({m['evaluations']} evaluations, {m['backtracks']} backtracks, "
           f"{m['crossovers']} crossovers; {m['stop_reason']})")
     for k in ("nmse_id", "nmse_ood"):
         if m.get(k) is not None:
             print(f"  {k}: {m[k]:.4g}")
-    print(f"details: tagsmith evolve show {run.id}")
+    print(f"details: tagsmith evolve show {result.id}")
     return 0
 
 
 def show(args) -> int:
     from collections import defaultdict
 
+    from tagsmith.api import open_store
     from tagsmith.pipelines.evolution import progress_table
-    from tagsmith.runtime import open_store
 
     store = open_store(config_from_args(args))
-    run = store.require_run(args.run)
-    if run.kind != "evolve":
-        raise ConfigError(f"run {run.id} is a {run.kind} run, not an evolve run")
+    run = store.require_run(args.run, kind="evolve")
     m = json.loads(run.metrics_json or "{}")
     cands = store.records(run.id, "candidate")
     rows = progress_table(store, run.id)
     if not rows:
         print(f"run {run.id} ({run.status}) has no evaluated steps yet")
         return 0
-    direction = json.loads(run.config_json)["pipeline"]["evolve"]
-    from tagsmith.pipelines.evolution import EvolveConfig, resolve_task
+    from tagsmith.core.config import EvolveConfig
+    from tagsmith.pipelines.evolution import resolve_task
 
-    task = resolve_task(EvolveConfig.model_validate(direction))
+    task = resolve_task(EvolveConfig.model_validate(json.loads(run.config_json)["pipeline"]["evolve"]))
     better = min if task.config.direction == "min" else max
     best_key = better((k for k, c in cands.items() if c["score"] is not None), key=lambda k: cands[k]["score"])
     best = cands[best_key]

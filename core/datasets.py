@@ -13,7 +13,7 @@ import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
 
 
 def movielens_dir() -> Path:

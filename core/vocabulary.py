@@ -17,6 +17,7 @@ applies, one by one, keeping the cardinality bounds.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -264,3 +265,18 @@ def change_rate(old: Vocabulary, new: Vocabulary) -> float:
     """Share of descriptors touched: (added + removed + moved) / size of the old vocabulary."""
     d = diff(old, new)
     return (len(d["added"]) + len(d["removed"]) + len(d["moved"])) / max(1, old.size())
+
+
+def seed_facet_from_field(items: list[dict], field: str, max_values: int, min_count: int = 2) -> Facet:
+    """A facet from the most frequent values of a metadata field (lists count each value).
+
+    [{"fields": {"genres": ["Comedy", "Drama"]}}, ...] -> Facet(name="genres", descriptors=[comedy, drama])"""
+    counts: Counter = Counter()
+    for it in items:
+        value = (it.get("fields") or {}).get(field)
+        values = value if isinstance(value, list) else [value] if value not in (None, "") else []
+        counts.update(slug(v) for v in values if slug(str(v)) and slug(str(v)) != "unknown")
+    top = [(v, n) for v, n in counts.most_common(max_values) if n >= min_count]
+    return Facet(name=slug(field), definition=f"the item's {field.replace('_', ' ')}",
+                 descriptors=[Descriptor(name=v, definition=f"{field.replace('_', ' ')} is {v.replace('-', ' ')}")
+                              for v, _ in top])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tagsmith.core.config import EvolveConfig
+
 
 @dataclass
 class ControlConfig:
@@ -27,6 +29,13 @@ class ControlConfig:
     top_pool: int = 8  # candidates kept per island for tournaments
     backtracking: bool = True  # the baseline turns both off
     crossover: bool = True
+
+
+def control_config(cfg: EvolveConfig) -> ControlConfig:
+    """The control's knobs from the pipeline.evolve section."""
+    return ControlConfig(beta=cfg.beta, epsilon=cfg.epsilon, freeze=cfg.freeze, backtrack_len=cfg.backtrack_len,
+                         alpha=cfg.alpha, tournament=cfg.tournament, top_pool=cfg.top_pool,
+                         backtracking=cfg.backtracking, crossover=cfg.crossover)
 
 
 def relative_progress(prev: float, new: float, target: float, tiny: float = 1e-12) -> float:

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tagsmith.errors import ConfigError
+from tagsmith.core.errors import ConfigError
+from tagsmith.core.vocabulary import Bounds, Facet
 
 ENV_PREFIX = "TAGSMITH_"
 
@@ -74,12 +75,104 @@ class StoreConfig(_Section):
     busy_timeout_ms: int = Field(default=30000, ge=0)
 
 
+# -- pipeline sections ---------------------------------------------------------------
+class VocabConfig(_Section):
+    """pipeline.vocab section. Defaults sized for the bundled 135M model on 2 cores."""
+
+    domain: str = "catalog items"
+    sample_size: int = Field(default=120, ge=1)  # items the vocabulary is built on
+    draft_sample: int = Field(default=16, ge=1)  # items the architect sees for the draft
+    annotators: int = Field(default=4, ge=1)  # parallel annotator batches per round
+    batch_size: int = Field(default=6, ge=1)
+    overlap: int = Field(default=1, ge=0)  # items shared by neighbouring batches: agreement
+    max_rounds: int = Field(default=2, ge=0)  # revision rounds after the draft (0: draft only)
+    coverage_target: float = Field(default=0.9, ge=0, le=1)
+    change_threshold: float = Field(default=0.1, ge=0)  # stop when a revision touches less
+    broad_share: float = Field(default=0.6, gt=0, le=1)  # used on more items than this: too broad
+    max_facets: int = Field(default=5, ge=1)
+    max_per_facet: int = Field(default=10, ge=1)
+    max_total: int = Field(default=36, ge=1)
+    dedup: bool = True  # merge near-duplicate descriptors by embedding
+    dedup_threshold: float = Field(default=0.9, gt=0, le=1)
+    seed: int = 0
+    # Facets the vocabulary starts from (a known taxonomy, or frequent values of a metadata
+    # field, see seed_facet_from_field); the architect drafts the other facets around them.
+    seed_facets: list[Facet] = Field(default_factory=list)
+
+    def bounds(self) -> Bounds:
+        return Bounds(max_facets=self.max_facets, max_per_facet=self.max_per_facet, max_total=self.max_total)
+
+
+class AssignConfig(_Section):
+    """pipeline.assign section."""
+
+    domain: str = "catalog items"
+    batch_size: int = Field(default=4, ge=1)  # items per call
+    per_facet: int = Field(default=2, ge=1)  # descriptors per facet at most
+    # batches per superstep, at least 4 x llm.concurrency: the gateway's semaphore keeps C
+    # calls in flight within a wave, and the superstep barrier costs one tail per wave
+    wave_batches: int = Field(default=64, ge=1)
+    repair_threshold: float = Field(default=0.6, ge=0, le=1)  # cosine for embedding repair
+    repair_by_embedding: bool = True
+
+
+class ScoreConfig(_Section):
+    """pipeline.score section."""
+
+    batch_size: int = Field(default=16, ge=1)  # documents per graph task
+    wave_batches: int = Field(default=8, ge=1)  # tasks per superstep (checkpoint granularity)
+    max_doc_tokens: int = Field(default=512, ge=16)
+    top_logprobs: int = Field(default=10, ge=1, le=20)
+    fallback_samples: int = Field(default=8, ge=0)  # k one-token samples without logprobs
+    density: bool = True
+    density_rows: int = Field(default=128, ge=1)
+    density_buckets: int = Field(default=1 << 14, ge=16)
+    density_width: float = Field(default=2.0, gt=0)
+    density_projections: int = Field(default=8, ge=1)
+    exact_check_max: int = Field(default=3000, ge=0)  # below this N, also compute exact KDE as a check
+    seed: int = 0
+
+
+class EvolveConfig(_Section):
+    """pipeline.evolve section."""
+
+    task: str = "funcmin"  # a built-in task name or a task folder
+    data_dir: str | None = None  # LLM-SR data (default: $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr)
+    islands: int = Field(default=4, ge=1)
+    budget: int | None = Field(default=None, ge=1)  # evaluations; default: the task's
+    workers: int = Field(default=2, ge=1)  # sandboxed evaluations in parallel
+    seed: int = 0
+    proposer: Literal["llm", "random"] = "llm"
+    idea_cap: int = Field(default=5, ge=1)
+    condense_every: int = Field(default=20, ge=2)
+    repair_turns: int = Field(default=1, ge=0)
+    summarize_with_llm: bool = True
+    timeout_s: float | None = None  # per evaluation; default: the task's
+    memory_mb: int | None = None
+    beta: float = 0.85
+    epsilon: float = 0.001
+    freeze: int = 15
+    backtrack_len: int = 5
+    alpha: float = 1.5
+    tournament: int = 3
+    top_pool: int = 8
+    backtracking: bool = True
+    crossover: bool = True
+
+
+class PipelineConfig(_Section):
+    """One section per pipeline; each pipeline reads only its own."""
+
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
+    assign: AssignConfig = Field(default_factory=AssignConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    evolve: EvolveConfig = Field(default_factory=EvolveConfig)
+
+
 class Config(_Section):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
-    # Pipeline sections are free-form here and validated by each pipeline's own model, so
-    # that this module does not import every pipeline.
-    pipeline: dict[str, Any] = Field(default_factory=dict)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     debug: bool = False
     progress: bool = True
 
@@ -140,12 +233,26 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 environ: dict[str, str] | None = None) -> Config:
-    data: dict[str, Any] = {}
+    """Defaults < file < environment < overrides (flags). Each layer is validated as it is
+    added, so an error names where the bad value came from:
+
+        >>> load_config(overrides={"pipeline": {"vocabb": {}}})
+        Traceback (most recent call last):
+        ...
+        tagsmith.core.errors.ConfigError: flags: pipeline.vocabb: unknown key (a typo?)
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
     if path:
-        data = read_config_file(path)
-    data = deep_merge(data, env_overrides(environ))
-    data = deep_merge(data, overrides or {})
-    return validate_config(data, source=str(path) if path else "configuration")
+        layers.append((str(path), read_config_file(path)))
+    layers.append((f"environment ({ENV_PREFIX}...)", env_overrides(environ)))
+    layers.append(("flags", overrides or {}))
+    data: dict[str, Any] = {}
+    config = Config()
+    for source, layer in layers:
+        if layer or source == "flags":
+            data = deep_merge(data, layer)
+            config = validate_config(data, source=source)
+    return config
 
 
 def validate_config(data: dict[str, Any], source: str = "configuration") -> Config:
@@ -154,14 +261,5 @@ def validate_config(data: dict[str, Any], source: str = "configuration") -> Conf
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{source}: {field}: {err['msg']}") from exc
-
-
-def section(config: Config, name: str, model: type[BaseModel]) -> BaseModel:
-    """Validate a pipeline's own section (``config.pipeline[name]``) with its model."""
-    try:
-        return model.model_validate(config.pipeline.get(name, {}))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"configuration: pipeline.{name}.{field}: {err['msg']}") from exc
+        msg = "unknown key (a typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{source}: {field}: {msg}") from exc
