@@ -1,8 +1,16 @@
 """A queue-based fake model for tests and benchmarks: scripted replies, recorded requests.
 
+    >>> from tagsmith.agents.gateway import Gateway, TransientError
+    >>> from tagsmith.core.config import LLMConfig
     >>> fake = FakeLLM()
-    >>> fake.enqueue('{"name": "x"}', TransientError("429", retry_after=0), "plain text")
-    >>> gw = Gateway(LLMConfig(model="fake/m"), backend=fake)
+    >>> _ = fake.enqueue(TransientError("429", retry_after=0), '{"name": "x"}', "plain text")
+    >>> gw = Gateway(LLMConfig(model="fake/m", backoff_base_s=0), backend=fake)
+    >>> asyncio.run(gw.call("hello")).text          # the 429 is retried
+    '{"name": "x"}'
+    >>> asyncio.run(gw.call("again")).text
+    'plain text'
+    >>> [r["messages"][-1]["content"] for r in fake.requests]
+    ['hello', 'hello', 'again']
 
 Each queued item is one backend call: a string (the reply text), a dict or pydantic object
 (sent as JSON), a ``FakeReply`` (text plus usage and logprobs), an exception instance

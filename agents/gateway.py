@@ -15,9 +15,15 @@ logprobs and whether it came from the cache. The gateway owns:
 Backends are the seam: ``LiteLLMBackend`` for real models (any litellm model string; the
 bundled model as ``local/smollm2``), ``FakeLLM`` (agents/fake.py) for tests.
 
+    >>> from pydantic import BaseModel
+    >>> from tagsmith.agents.fake import FakeLLM
+    >>> class A(BaseModel):
+    ...     a: int
     >>> gw = Gateway(LLMConfig(model="fake/x"), store=Store("sqlite://"), backend=FakeLLM(['{"a": 1}']))
     >>> asyncio.run(gw.call("hi", schema=A)).parsed
     A(a=1)
+    >>> asyncio.run(gw.call("hi", schema=A)).cached       # the same call again: from the cache
+    True
 """
 
 from __future__ import annotations

@@ -1,19 +1,24 @@
-"""Bundled data: MovieLens-100k as installed by the recbole wheel (never copied into the
-repository: GroupLens terms).
+"""Where items come from: a file (``ItemSource``) or the bundled MovieLens-100k, as
+installed by the recbole wheel (never copied into the repository: GroupLens terms).
 
     >>> items = movielens_items(limit=2)
     >>> items[0]["id"], items[0]["text"][:30]
-    ('1', 'Toy Story (1995). Genres: Anima')
+    ('1', 'Toy Story (1995). Genres: Anim')
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
-from tagsmith.core.errors import ConfigError
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tagsmith.core.errors import ConfigError, InputError
+from tagsmith.core.records import Item, LoadReport, checked, load_amazon, load_items, read_records
 
 
 def movielens_dir() -> Path:
@@ -26,11 +31,13 @@ def movielens_dir() -> Path:
     return path
 
 
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [h.split(":", 1)[0] for h in next(reader)]
-        return [dict(zip(header, row)) for row in reader if row]
+def movielens_table(name: str) -> Iterator[dict[str, str]]:
+    """Rows of one MovieLens-100k file (``item``, ``inter``, ``kg``, ``link``, ``user``),
+    read by the project's one reader; recbole's type suffixes are dropped from the column
+    names ('item_id:token' -> 'item_id').  next(movielens_table("item"))["movie_title"] == 'Toy Story'"""
+    path = str(movielens_dir() / f"ml-100k.{name}")
+    for _, rec in checked(path, read_records(path, "tsv")):
+        yield {k.split(":", 1)[0]: v for k, v in rec.items()}
 
 
 _FACT_PHRASES = {"film.film.actor": "{n} credited actors", "film.film.award_nomination": "{n} award nominations",
@@ -43,10 +50,9 @@ def movielens_facts() -> dict[str, list[str]]:
 
     The triples carry Freebase ids, not names, so what they can tell a tagger is counts:
     cast size, award nominations and wins, sequels.  '1' -> ['37 credited actors', ...]"""
-    root = movielens_dir()
-    link = {r["entity_id"]: r["item_id"] for r in _read_tsv(root / "ml-100k.link")}
+    link = {r["entity_id"]: r["item_id"] for r in movielens_table("link")}
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for r in _read_tsv(root / "ml-100k.kg"):
+    for r in movielens_table("kg"):
         item = link.get(r["head_id"])
         if item is not None and r["relation_id"] in _FACT_PHRASES:
             counts[item][r["relation_id"]] += 1
@@ -56,7 +62,7 @@ def movielens_facts() -> dict[str, list[str]]:
 
 def movielens_items(limit: int | None = None, with_facts: bool = True) -> list[dict]:
     """MovieLens-100k movies as items: id, text (title, year, genres, facts) and fields."""
-    rows = _read_tsv(movielens_dir() / "ml-100k.item")
+    rows = list(movielens_table("item"))
     facts = movielens_facts() if with_facts else {}
     items = []
     for r in rows[: limit or None]:
@@ -67,3 +73,56 @@ def movielens_items(limit: int | None = None, with_facts: bool = True) -> list[d
         items.append({"id": r["item_id"], "text": text,
                       "fields": {"title": r["movie_title"], "year": r.get("release_year", ""), "genres": genres}})
     return items
+
+
+# -- where a job's items come from -----------------------------------------------------------
+def movielens(limit: int | None = None) -> list[Item]:
+    """MovieLens-100k from the recbole wheel: movielens(2)[0].id == '1' (Toy Story)."""
+    return [Item(d["id"], d["text"], d["fields"]) for d in movielens_items(limit=limit)]
+
+
+def load_any(spec: str, **kw: Any) -> tuple[list[Item], LoadReport]:
+    """"movielens" or "movielens:N" gives the bundled movies; anything else is a file for
+    load_items (Amazon files are not guessed: call load_amazon).  load_any("movielens:5")"""
+    spec = str(spec)
+    name, _, n = spec.partition(":")
+    if name.lower() == "movielens":
+        limit = kw.get("limit")
+        if n:
+            if not n.isdigit():
+                raise ConfigError(f"{spec!r}: expected movielens:N with N a whole number")
+            limit = int(n)
+        items = movielens(limit)
+        return items, LoadReport(path="movielens", loaded=len(items), skipped=0, errors=[])
+    return load_items(spec, **kw)
+
+
+class ItemSource(BaseModel):
+    """A job's input: a file with its reading options, or the bundled ``movielens[:N]``.
+
+        >>> ItemSource(path="movielens:3").load()[0][0].id
+        '1'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    format: Literal["jsonl", "json", "ndjson", "csv", "tsv", "parquet", "amazon"] | None = None
+    id_field: str = "id"
+    text_field: str | None = None
+    template: str | None = None  # str.format over the fields, e.g. '{title} ({year}): {description}'
+    on_error: Literal["raise", "skip"] = "raise"
+    limit: int | None = Field(default=None, ge=0)
+
+    def load(self) -> tuple[list[Item], LoadReport]:
+        """Every item (FILE:LINE errors or skip counts as ``on_error`` says); none at all
+        is an error."""
+        if self.format == "amazon":
+            items, report = load_amazon(self.path, on_error=self.on_error, limit=self.limit)
+        else:
+            items, report = load_any(self.path, id_field=self.id_field, text_field=self.text_field,
+                                     template=self.template, fmt=self.format, on_error=self.on_error,
+                                     limit=self.limit)
+        if not items:
+            raise InputError(f"{self.path}: no items to work on")
+        return items, report

@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from tagsmith.core.errors import ConfigError, InputError
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is rejected (and drained in chunks, never held whole)
@@ -349,7 +347,7 @@ def read_records(path: str, fmt: str | None = None) -> Iterator[_Rec]:
         >>> list(read_records("r.csv"))
         [('2', {'id': '1', 'title': 'Up'}, None), ('3', None, 'expected 2 fields, got 1')]
     """
-    kind = _format(str(path), fmt)
+    kind = detect_format(str(path), fmt)
     if kind == "jsonl":
         return _jsonl_records(str(path))
     if kind == "parquet":
@@ -357,7 +355,7 @@ def read_records(path: str, fmt: str | None = None) -> Iterator[_Rec]:
     return _csv_records(str(path), "," if kind == "csv" else "\t")
 
 
-def _format(path: str, fmt: str | None) -> str:
+def detect_format(path: str, fmt: str | None) -> str:
     if fmt is not None:
         if fmt.lower().lstrip(".") not in _FORMATS:
             raise ConfigError(f"unknown format {fmt!r}; use one of: jsonl, json, csv, tsv, parquet")
@@ -383,7 +381,7 @@ def load_items(path: str, *, id_field: str = "id", text_field: str | None = None
         'title: Up\\ntags: kids'
     """
     path = str(path)
-    kind = _format(path, fmt)
+    kind = detect_format(path, fmt)
     if template is not None:
         try:
             names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -471,61 +469,3 @@ def load_amazon(path: str, *, on_error: Literal["raise", "skip"] = "raise",
         return Item(item_id, text, {k: v for k, v in rec.items() if k != id_field})
 
     return _collect(path, _jsonl_records(path, _parse_json_or_literal), make, on_error, limit)
-
-
-# ---------------------------------------------------------------- bundled data
-
-def movielens(limit: int | None = None) -> list[Item]:
-    """MovieLens-100k from the recbole wheel: movielens(2)[0].id == '1' (Toy Story)."""
-    from tagsmith.core.datasets import movielens_items
-
-    return [Item(d["id"], d["text"], d["fields"]) for d in movielens_items(limit=limit)]
-
-
-def load_any(spec: str, **kw: Any) -> tuple[list[Item], LoadReport]:
-    """"movielens" or "movielens:N" gives the bundled movies; anything else is a file for
-    load_items (Amazon files are not guessed: call load_amazon).  load_any("movielens:5")"""
-    spec = str(spec)
-    name, _, n = spec.partition(":")
-    if name.lower() == "movielens":
-        limit = kw.get("limit")
-        if n:
-            if not n.isdigit():
-                raise ConfigError(f"{spec!r}: expected movielens:N with N a whole number")
-            limit = int(n)
-        items = movielens(limit)
-        return items, LoadReport(path="movielens", loaded=len(items), skipped=0, errors=[])
-    return load_items(spec, **kw)
-
-
-# ---------------------------------------------------------------- where a job's items come from
-
-class ItemSource(BaseModel):
-    """A job's input: a file with its reading options, or the bundled ``movielens[:N]``.
-
-        >>> ItemSource(path="movielens:3").load()[0][0].id
-        '1'
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    format: Literal["jsonl", "json", "ndjson", "csv", "tsv", "parquet", "amazon"] | None = None
-    id_field: str = "id"
-    text_field: str | None = None
-    template: str | None = None  # str.format over the fields, e.g. '{title} ({year}): {description}'
-    on_error: Literal["raise", "skip"] = "raise"
-    limit: int | None = Field(default=None, ge=0)
-
-    def load(self) -> tuple[list[Item], LoadReport]:
-        """Every item (FILE:LINE errors or skip counts as ``on_error`` says); none at all
-        is an error."""
-        if self.format == "amazon":
-            items, report = load_amazon(self.path, on_error=self.on_error, limit=self.limit)
-        else:
-            items, report = load_any(self.path, id_field=self.id_field, text_field=self.text_field,
-                                     template=self.template, fmt=self.format, on_error=self.on_error,
-                                     limit=self.limit)
-        if not items:
-            raise InputError(f"{self.path}: no items to work on")
-        return items, report

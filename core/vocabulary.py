@@ -64,9 +64,6 @@ class Vocabulary(BaseModel):
     def facet(self, name: str) -> Facet | None:
         return next((f for f in self.facets if f.name == name), None)
 
-    def descriptor(self, name: str) -> Descriptor | None:
-        return next((d for f in self.facets for d in f.descriptors if d.name == name), None)
-
     def size(self) -> int:
         return sum(len(f.descriptors) for f in self.facets)
 

@@ -3,10 +3,9 @@
     >>> import io, contextlib
     >>> buf = io.StringIO()
     >>> with contextlib.redirect_stdout(buf):
-    ...     write_rows(iter([{"id": "1", "tags": ["a", "b"]}]), "csv", "-")
-    1
-    >>> buf.getvalue().splitlines()
-    ['id,tags', '1,"[""a"", ""b""]"']
+    ...     n = write_rows(iter([{"id": "1", "tags": ["a", "b"]}]), "csv", "-")
+    >>> n, buf.getvalue().splitlines()
+    (1, ['id,tags', '1,"[""a"", ""b""]"'])
 """
 
 from __future__ import annotations

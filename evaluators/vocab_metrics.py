@@ -1,6 +1,9 @@
 """Vocabulary and tagging metrics: coverage, size per level, descriptors per item, usage
 entropy, redundancy, annotator agreement, OOV and repair rates.
 
+    >>> from tagsmith.core.vocabulary import Descriptor, Facet
+    >>> vocab = Vocabulary(facets=[Facet(name="genre", descriptors=[Descriptor(name="comedy"),
+    ...                                                            Descriptor(name="drama")])])
     >>> m = tag_metrics(vocab, {"1": ["comedy"], "2": []})
     >>> m["coverage"], m["descriptors_per_item"]
     (0.5, 0.5)

@@ -19,13 +19,13 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-
 from tagsmith.agents import assigner
 from tagsmith.core.config import AssignConfig
 from tagsmith.core.errors import StructuredOutputError
-from tagsmith.evaluators.vocab_metrics import tag_metrics
 from tagsmith.core.vocabulary import Vocabulary
+from tagsmith.evaluators.vocab_metrics import tag_metrics
 from tagsmith.pipelines.context import RunContext
+from tagsmith.pipelines.vocabulary import final_vocabulary
 
 KIND = "tag"
 PROMPTS = assigner.PROMPTS
@@ -53,8 +53,6 @@ def _cfg(runtime: Runtime) -> AssignConfig:
 def vocabulary(ctx: RunContext, vocab_run: str) -> Vocabulary:
     """The final vocabulary of a vocab run, read from the store once per run."""
     if vocab_run not in ctx.vocabularies:
-        from tagsmith.pipelines.vocabulary import final_vocabulary
-
         ctx.vocabularies[vocab_run] = final_vocabulary(ctx.store, vocab_run)[0]
     return ctx.vocabularies[vocab_run]
 

@@ -18,9 +18,9 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-
 from tagsmith.agents import scorer
 from tagsmith.core.config import ScoreConfig
+from tagsmith.evaluators.density import LSHDensitySketch, exact_kde
 
 KIND = "score"
 PROMPTS = scorer.PROMPTS
@@ -50,8 +50,6 @@ def density(state: State, runtime: Runtime) -> dict:
     ctx, cfg = runtime.context, _cfg(runtime)
     if not cfg.density:
         return {"density_check": {}}
-    from tagsmith.evaluators.density import LSHDensitySketch, exact_kde
-
     docs = ctx.store.records(ctx.run_id, "doc")
     ids = list(docs)
     vecs = np.asarray(ctx.embedder()([docs[i]["text"] for i in ids]))

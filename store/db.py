@@ -408,15 +408,11 @@ class Store:
                 found.update(conn.execute(q).all())
         return [json.loads(found[k]) if k in found else None for k in keys]
 
-    def log_call(self, call: LLMCall | dict[str, Any], *,
-                 cache_put: tuple[str, dict[str, Any]] | None = None) -> None:
-        """Write the call's log row, its cache entry and the run's totals in ONE transaction,
-        so a crash never leaves a paid call without its cache entry."""
-        self.transact(self._log_call_write(call, cache_put))
-
     async def alog_call(self, call: LLMCall | dict[str, Any], *,
                         cache_put: tuple[str, dict[str, Any]] | None = None) -> None:
-        """``log_call`` from async code, through the group-committing writer."""
+        """Write the call's log row, its cache entry and the run's totals in ONE transaction
+        (through the group-committing writer), so a crash never leaves a paid call without
+        its cache entry."""
         await self.write(self._log_call_write(call, cache_put))
 
     def _log_call_write(self, call: LLMCall | dict[str, Any], cache_put: tuple[str, dict[str, Any]] | None) -> Write:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tagsmith.core.config import Config, deep_merge, read_config_file, validate_config
 from tagsmith.core.errors import ConfigError
-from tagsmith.core.records import Item, ItemSource, LoadReport
+from tagsmith.core.datasets import ItemSource
+from tagsmith.core.records import Item, LoadReport
 from tagsmith.core.vocabulary import Facet, Vocabulary, seed_facet_from_field
 from tagsmith.runtime import open_store
 

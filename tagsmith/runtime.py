@@ -5,8 +5,17 @@ SQLite saver with the run id as thread id, synchronously after every step, so a 
 at most the node in flight; that node's LLM calls are in the response cache, so re-running
 it costs nothing.
 
-    >>> run, state = asyncio.run(execute("probe", config, {"items": items}))
-    >>> asyncio.run(resume(run.id, config))      # continues, or reports it is done
+    >>> from tagsmith.agents.fake import FakeLLM
+    >>> from tagsmith.core.config import load_config
+    >>> config = load_config(overrides={"llm": {"model": "fake/x"}, "store": {"db": "runs.db"},
+    ...                                 "progress": False}, environ={})
+    >>> card = '{"genre": "comedy", "audience": "kids", "mood": "warm"}'
+    >>> run, state = asyncio.run(execute("probe", config, {"items": [{"id": "1", "text": "Toy Story"}]},
+    ...                                  backend=FakeLLM([card])))
+    >>> run.status, run.calls, state["done"]
+    ('done', 1, 1)
+    >>> asyncio.run(resume(run.id, config, backend=FakeLLM()))[0].calls   # finished: nothing is sent again
+    1
 """
 
 from __future__ import annotations

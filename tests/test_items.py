@@ -11,7 +11,8 @@ import pytest
 
 from tagsmith.core import records as items_mod
 from tagsmith.core.errors import ConfigError, InputError
-from tagsmith.core.records import Item, LoadReport, load_amazon, load_any, load_items, movielens
+from tagsmith.core.datasets import load_any, movielens
+from tagsmith.core.records import Item, LoadReport, load_amazon, load_items
 
 
 def write_jsonl(path, rows):

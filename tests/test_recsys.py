@@ -112,14 +112,14 @@ def test_interactions_file_formats_and_bad_lines(tmp_path):
     with pytest.raises(InputError, match=r"log\.csv:3: timestamp"):
         load_interactions(p)
     p.write_text("user,item,timestamp\nu1,a,1\nu1,b\n")
-    with pytest.raises(InputError, match=r"log\.csv:3: 2 fields"):
+    with pytest.raises(InputError, match=r"log\.csv:3: expected 3 fields, got 2"):
         load_interactions(p)
     q = tmp_path / "log.jsonl"
     q.write_text('{"user_id": 1, "item_id": "a", "time": 3}\n{"user_id": 1, "item_id": "b"}\n')
     with pytest.raises(InputError, match=r"log\.jsonl:2: missing time"):
         load_interactions(q)
     q.write_text('{"user_id": 1, "item_id": "a", "time": 3}\nnot json\n')
-    with pytest.raises(InputError, match=r"log\.jsonl:2: not JSON"):
+    with pytest.raises(InputError, match=r"log\.jsonl:2: malformed JSON"):
         load_interactions(q)
     r = tmp_path / "log.tsv"
     r.write_text("who\titem\tts\nu\ta\t1\n")
@@ -431,3 +431,28 @@ def test_ranker_losses_train(loss, negatives):
         opt.step()
         first = value.item() if first is None else first
     assert math.isfinite(value.item()) and value.item() < first
+
+
+def test_interactions_and_tag_files_share_the_item_reader(tmp_path):
+    """One reader stack (core.records) for items, interactions and tag files: gzip, a
+    spreadsheet's BOM and Parquet read everywhere; a bad byte is FILE:LINE everywhere."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tagsmith.core.records import load_items
+
+    g = tmp_path / "log.csv.gz"
+    g.write_bytes(gzip.compress("\ufeffuser,item,timestamp\nu1,a,1\nu1,b,2\n".encode()))
+    log = load_interactions(g)
+    assert log.users == ["u1", "u1"] and log.items == ["a", "b"] and log.name == "log"
+    pq.write_table(pa.table({"user_id": ["u", "u"], "item_id": ["x", "y"], "ts": [5, 6]}), tmp_path / "log.parquet")
+    assert load_interactions(tmp_path / "log.parquet").items == ["x", "y"]
+    bad = b"id,descriptors\n1,a|b\n2,\xff\xfe\n"
+    for name, read in (("t.csv", tagmod.from_file), ("items.csv", lambda p: load_items(p, text_field="descriptors")),
+                       ("i.csv", load_interactions)):
+        p = tmp_path / name
+        p.write_bytes(bad if name != "i.csv" else b"user,item,timestamp\nu,a,1\nu,\xff,2\n")
+        with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')}:3: invalid UTF-8 at byte offset"):
+            read(str(p))

@@ -10,24 +10,23 @@ item is the test target, the second-to-last the validation target, the rest trai
     >>> [split.item_ids[i] for i in split.train[0]], split.item_ids[split.val[0]], split.item_ids[split.test[0]]
     (['a', 'b', 'c', 'd'], 'f', 'e')
 
-Interaction files (``load_interactions(path)``): CSV, TSV or JSONL with a user, an item
-and a timestamp column (``user``/``user_id``, ``item``/``item_id``,
-``timestamp``/``time``/``ts``; a timestamp is a number or an ISO date). A bad line raises
-InputError naming the file and the line.
+Interaction files (``load_interactions(path)``): CSV, TSV, JSONL or Parquet (gzip too) with
+a user, an item and a timestamp column (``user``/``user_id``, ``item``/``item_id``,
+``timestamp``/``time``/``ts``; a timestamp is a number or an ISO date), read by the same
+reader as items (``core.records``). A bad line raises InputError naming the file and the
+line.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from tagsmith.core.errors import ConfigError, InputError
+from tagsmith.core.datasets import movielens_dir
+from tagsmith.core.errors import InputError
+from tagsmith.core.records import checked, detect_format, read_records
 
 CORE = 5          # users and items kept need at least this many interactions
 MAX_HISTORY = 20  # the models see at most this many most recent items
@@ -93,39 +92,35 @@ class Split:
 
 def movielens_interactions() -> Interactions:
     """MovieLens-100k ratings (ml-100k.inter in the recbole wheel), every rating a positive."""
-    from tagsmith.core.datasets import movielens_dir
-
-    log = _read_table(movielens_dir() / "ml-100k.inter", delimiter="\t")
+    log = _read(movielens_dir() / "ml-100k.inter", "tsv")
     log.name = "movielens"
     return log
 
 
+_SUFFIX_FORMATS = {".inter": "tsv", ".txt": "tsv"}  # recbole's atomic files are TSV
+
+
 def load_interactions(path: str | Path) -> Interactions:
-    """A CSV/TSV/JSONL interactions file (see the module docstring)."""
+    """A CSV/TSV/JSONL/Parquet interactions file, gzip too (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found")
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        log = _read_jsonl(p)
-    elif suffix in (".csv", ".tsv", ".inter", ".txt"):
-        log = _read_table(p, delimiter="," if suffix == ".csv" else "\t")
-    else:
-        raise ConfigError(f"{p}: unknown interactions format {suffix!r} (use .csv, .tsv or .jsonl)")
+    log = _read(p, _SUFFIX_FORMATS.get(p.suffix.lower()))
     if not len(log):
         raise InputError(f"{p}: no interactions")
-    log.name = p.stem
+    log.name = p.name.split(".")[0]
     return log
 
 
-def _pick(columns: list[str], names: tuple[str, ...], path: Path, what: str) -> str:
+def _pick(columns: list[str], names: tuple[str, ...], path: Path, what: str, where: str) -> str:
     for n in names:
         if n in columns:
             return n
-    raise InputError(f"{path}:1: no {what} column (expected one of {', '.join(names)}; found {', '.join(columns)})")
+    raise InputError(f"{path}:{where}: no {what} column (expected one of {', '.join(names)}; found "
+                     f"{', '.join(columns)})")
 
 
-def _timestamp(value, path: Path, line: int) -> float:
+def _timestamp(value, path: Path, where: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     text = str(value).strip()
@@ -136,64 +131,27 @@ def _timestamp(value, path: Path, line: int) -> float:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
-        raise InputError(f"{path}:{line}: timestamp {text[:40]!r} is neither a number nor an ISO date") from None
+        raise InputError(f"{path}:{where}: timestamp {text[:40]!r} is neither a number nor an ISO date") from None
 
 
-def _read_table(path: Path, delimiter: str) -> Interactions:
-    users, items, times = [], [], []
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(f"{path}: empty file") from None
-        header = [h.split(":", 1)[0].strip() for h in header]  # recbole headers: 'user_id:token'
-        cu, ci, ct = (header.index(_pick(header, names, path, what)) for names, what in
-                      ((USER_COLUMNS, "user"), (ITEM_COLUMNS, "item"), (TIME_COLUMNS, "timestamp")))
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise InputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-            u, i = row[cu].strip(), row[ci].strip()
-            if not u or not i:
-                raise InputError(f"{path}:{line}: empty {'user' if not u else 'item'}")
-            users.append(u)
-            items.append(i)
-            times.append(_timestamp(row[ct], path, line))
-    return Interactions(users, items, times)
-
-
-def jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) for each non-blank line of a JSONL file; a line that
-    is not JSON stops with FILE:LINE. Invalid UTF-8 is replaced, not an error."""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                yield line, json.loads(text)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{line}: not JSON: {e.msg}") from None
-
-
-def _read_jsonl(path: Path) -> Interactions:
+def _read(path: Path, fmt: str | None) -> Interactions:
+    """Interactions through the project's one reader (core.records): the same FILE:LINE
+    errors as items. Column names may carry recbole's type suffix ('user_id:token')."""
+    kind = detect_format(str(path), fmt)
     users, items, times = [], [], []
     keys: tuple[str, str, str] | None = None
-    for line, rec in jsonl_records(path):
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}:{line}: expected a JSON object")
-        if keys is None:  # the first record fixes the column names
-            cols = list(rec)
-            keys = (_pick(cols, USER_COLUMNS, path, "user"), _pick(cols, ITEM_COLUMNS, path, "item"),
-                    _pick(cols, TIME_COLUMNS, path, "timestamp"))
-        missing = [k for k in keys if rec.get(k) in (None, "")]
+    for where, rec in checked(str(path), read_records(str(path), kind)):
+        rec = {str(k).split(":", 1)[0].strip(): v for k, v in rec.items()}
+        if keys is None:  # the first record fixes the column names (a header is line 1)
+            cols, at = list(rec), "1" if kind in ("csv", "tsv") else where
+            keys = (_pick(cols, USER_COLUMNS, path, "user", at), _pick(cols, ITEM_COLUMNS, path, "item", at),
+                    _pick(cols, TIME_COLUMNS, path, "timestamp", at))
+        missing = [k for k in keys if rec.get(k) is None or not str(rec[k]).strip()]
         if missing:
-            raise InputError(f"{path}:{line}: missing {', '.join(missing)}")
-        users.append(str(rec[keys[0]]))
-        items.append(str(rec[keys[1]]))
-        times.append(_timestamp(rec[keys[2]], path, line))
+            raise InputError(f"{path}:{where}: missing {', '.join(missing)}")
+        users.append(str(rec[keys[0]]).strip())
+        items.append(str(rec[keys[1]]).strip())
+        times.append(_timestamp(rec[keys[2]], path, where))
     return Interactions(users, items, times)
 
 

@@ -7,9 +7,15 @@ must beat), ``critique`` (the tag ranker's scores re-ranked by "not X" / "more Y
 Validation NDCG@10 selects (early stopping, the term model's recency decay); test
 metrics are reported, as mean ± std over seeds.
 
-    >>> report = run_grid(split, {"genres": lambda seed: movielens_genres()}, ["term", "ranker-id"], seeds=[0, 1])
-    >>> [(r["model"], r["tags"]) for r in report["summary"]]              # doctest: +SKIP
-    [('ranker-id', '-'), ('term', 'genres')]
+    >>> from tagsmith.evaluators.recsys.data import Interactions, leave_one_out
+    >>> log = Interactions(users=[u for u in "abcdef" for _ in range(5)], items=list("vwxyz") * 6,
+    ...                    timestamps=list(range(30)))
+    >>> split = leave_one_out(log, core=1)
+    >>> colours = TagSet("colours", {"v": ["red"], "w": ["red"], "x": ["blue"], "y": ["blue"], "z": ["red"]})
+    >>> report = run_grid(split, {"colours": lambda seed: colours}, ["term", "pop"], seeds=[0],
+    ...                   opts=Options(progress=False))
+    >>> sorted((r["model"], r["tags"]) for r in report["summary"])
+    [('pop', '-'), ('term', 'colours')]
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ Items without tags get an empty sequence (``TagSet.get``).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -28,12 +27,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tagsmith.core.datasets import movielens_table
 from tagsmith.core.errors import ConfigError, InputError
-from tagsmith.evaluators.recsys.data import jsonl_records
+from tagsmith.core.records import checked, detect_format, read_records
 
 TFIDF_TOP = 3      # keywords per title
 TFIDF_MIN_DF = 2   # a word in one title only cannot link two items: it is an item ID, not a tag
-SEMANTIC_LEVELS = 3  # descriptor positions in a generated semantic ID (before the collision suffix)
 
 # English function words plus title debris ("the" of "Usual Suspects, The", roman numerals of sequels)
 STOP_WORDS = frozenset("""
@@ -108,74 +107,58 @@ def from_run(db: str, run_id: str) -> TagSet:
                   info={"source": "run", "run": run.id, "db": db})
 
 
-def _parse_descriptors(value, path: Path, line: int) -> list[str]:
+def _parse_descriptors(value, at: str) -> list[str]:
     if isinstance(value, list):
         return _clean(value)
     if value is None:
         return []
     if not isinstance(value, str):
-        raise InputError(f"{path}:{line}: descriptors must be a list or a string, not {type(value).__name__}")
+        raise InputError(f"{at}: descriptors must be a list or a string, not {type(value).__name__}")
     text = value.strip()
     if text.startswith("["):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{line}: descriptors look like JSON but do not parse: {e.msg}") from None
+            raise InputError(f"{at}: descriptors look like JSON but do not parse: {e.msg}") from None
         if not isinstance(parsed, list):
-            raise InputError(f"{path}:{line}: descriptors must be a JSON list")
+            raise InputError(f"{at}: descriptors must be a JSON list")
         return _clean(parsed)
     return _clean(text.split("|")) if text else []
 
 
 def from_file(path: str | Path) -> TagSet:
-    """JSONL ({"id": .., "descriptors": [..]}) or CSV/TSV (id, descriptors as JSON or a|b|c)."""
+    """JSONL ({"id": .., "descriptors": [..]}) or CSV/TSV/Parquet (id, descriptors as a list,
+    JSON or a|b|c), read by the project's one reader (core.records): same FILE:LINE errors."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found")
+    try:
+        kind = detect_format(str(p), None)
+    except ConfigError:
+        raise ConfigError(f"{p}: tags file must be .jsonl, .csv, .tsv or .parquet") from None
     desc: dict[str, list[str]] = {}
     sids: dict[str, list[str]] = {}
-    if p.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for line, rec in jsonl_records(p):
-            if not isinstance(rec, dict) or rec.get("id") in (None, ""):
-                raise InputError(f"{p}:{line}: expected an object with an 'id'")
-            if "descriptors" not in rec:
-                raise InputError(f"{p}:{line}: no 'descriptors' field")
-            desc[str(rec["id"])] = _parse_descriptors(rec["descriptors"], p, line)
-            if isinstance(rec.get("semantic_id"), list):
-                sids[str(rec["id"])] = [str(x or "") for x in rec["semantic_id"]]
-    elif p.suffix.lower() in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", errors="replace", newline="") as f:
-            reader = csv.DictReader(f, delimiter="," if p.suffix.lower() == ".csv" else "\t", strict=True)
-            try:
-                _read_tag_rows(reader, p, desc)
-            except csv.Error as e:
-                raise InputError(f"{p}:{reader.line_num}: {e}") from None
-    else:
-        raise ConfigError(f"{p}: tags file must be .jsonl or .csv/.tsv")
+    for where, rec in checked(str(p), read_records(str(p), kind)):
+        at = f"{p}:{where}"
+        if kind in ("csv", "tsv") and not ({"id", "descriptors"} <= set(rec)):
+            raise InputError(f"{p}:1: header needs 'id' and 'descriptors' columns")
+        if rec.get("id") is None or not str(rec["id"]).strip():
+            raise InputError(f"{at}: expected a record with an 'id'")
+        if "descriptors" not in rec:
+            raise InputError(f"{at}: no 'descriptors' field")
+        desc[str(rec["id"]).strip()] = _parse_descriptors(rec["descriptors"], at)
+        if isinstance(rec.get("semantic_id"), list):
+            sids[str(rec["id"]).strip()] = [str(x or "") for x in rec["semantic_id"]]
     if not desc:
         raise InputError(f"{p}: no tagged items")
     return TagSet(f"file:{p.name}", desc, semantic_ids=sids if len(sids) == len(desc) else None,
                   info={"source": "file", "path": str(p)})
 
 
-def _read_tag_rows(reader: csv.DictReader, p: Path, desc: dict[str, list[str]]) -> None:
-    if not reader.fieldnames or "id" not in reader.fieldnames or "descriptors" not in reader.fieldnames:
-        raise InputError(f"{p}:1: header needs 'id' and 'descriptors' columns")
-    for row in reader:
-        line = reader.line_num
-        if None in row or any(v is None for v in row.values()):
-            raise InputError(f"{p}:{line}: wrong number of fields")
-        if not row["id"].strip():
-            raise InputError(f"{p}:{line}: empty id")
-        desc[row["id"].strip()] = _parse_descriptors(row["descriptors"], p, line)
-
-
 def movielens_genres() -> TagSet:
     """MovieLens-100k genres (the item file's ``class`` field), in the file's order;
     'unknown' is a placeholder, not a genre.  '1' -> ['Animation', "Children's", 'Comedy']"""
-    from tagsmith.core.datasets import _read_tsv, movielens_dir
-
-    rows = _read_tsv(movielens_dir() / "ml-100k.item")
+    rows = list(movielens_table("item"))
     desc = {r["item_id"]: _clean(g for g in r.get("class", "").split() if g.lower() != "unknown") for r in rows}
     return TagSet("genres", desc, info={"source": "movielens genres"})
 
@@ -205,9 +188,7 @@ def tfidf_keywords(titles: dict[str, str], top: int = TFIDF_TOP, min_df: int = T
 
 
 def movielens_tfidf(top: int = TFIDF_TOP, min_df: int = TFIDF_MIN_DF) -> TagSet:
-    from tagsmith.core.datasets import _read_tsv, movielens_dir
-
-    rows = _read_tsv(movielens_dir() / "ml-100k.item")
+    rows = list(movielens_table("item"))
     titles = {r["item_id"]: r["movie_title"] if r["movie_title"] != "unkonwn" else "" for r in rows}
     return tfidf_keywords(titles, top=top, min_df=min_df)
 

@@ -5,9 +5,11 @@ epoch, keeps the best weights, stops after ``patience`` epochs without improveme
 restores the best. ``evaluate`` ranks all items for every user of a split and averages
 the metrics (see metrics.py for the protocol).
 
-    >>> info = fit(model, run_epoch, lambda: evaluate(model.score, split, "val"), epochs=30)
-    >>> info["best_epoch"], info["sec_per_epoch"]       # doctest: +SKIP
-    (12, 1.4)
+    >>> model = torch.nn.Linear(2, 1)
+    >>> val = iter([0.10, 0.30, 0.20, 0.25, 0.28, 0.40])   # validation NDCG@10 after each epoch
+    >>> info = fit(model, lambda epoch: 1.0, lambda: {"NDCG@10": next(val)}, epochs=6, patience=3, progress=False)
+    >>> info["best_epoch"], info["epochs"], info["best_val"]   # 3 epochs without a better score: stop at 5
+    (2, 5, 0.3)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tagsmith.core.config import Config, deep_merge, load_config
-from tagsmith.core.records import ItemSource
+from tagsmith.core.datasets import ItemSource
 
 
 def common_parser() -> argparse.ArgumentParser:
