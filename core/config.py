@@ -114,13 +114,17 @@ class AssignConfig(_Section):
     wave_batches: int = Field(default=64, ge=1)
     repair_threshold: float = Field(default=0.6, ge=0, le=1)  # cosine for embedding repair
     repair_by_embedding: bool = True
+    retries: int = Field(default=1, ge=0)  # rounds that retry failed items, one per call
+    load_chunk: int = Field(default=10_000, ge=1)  # records read from the input per load step
 
 
 class ScoreConfig(_Section):
     """pipeline.score section."""
 
-    batch_size: int = Field(default=16, ge=1)  # documents per graph task
-    wave_batches: int = Field(default=8, ge=1)  # tasks per superstep (checkpoint granularity)
+    batch_size: int = Field(default=16, ge=1)  # documents per batch (each document is one call)
+    wave_batches: int = Field(default=8, ge=1)  # batches per wave, at least 4 x llm.concurrency / batch_size
+    retries: int = Field(default=1, ge=0)  # rounds that retry failed documents
+    load_chunk: int = Field(default=10_000, ge=1)  # records read from the input per load step
     max_doc_tokens: int = Field(default=512, ge=16)
     top_logprobs: int = Field(default=10, ge=1, le=20)
     fallback_samples: int = Field(default=8, ge=0)  # k one-token samples without logprobs
@@ -130,6 +134,8 @@ class ScoreConfig(_Section):
     density_width: float = Field(default=2.0, gt=0)
     density_projections: int = Field(default=8, ge=1)
     exact_check_max: int = Field(default=3000, ge=0)  # below this N, also compute exact KDE as a check
+    density_chunk: int = Field(default=4096, ge=1)  # documents embedded per step
+    density_from: str | None = None  # a score run whose stored sketch new documents are scored against
     seed: int = 0
 
 

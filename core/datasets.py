@@ -8,8 +8,10 @@ installed by the recbole wheel (never copied into the repository: GroupLens term
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 from collections import defaultdict
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tagsmith.core.errors import ConfigError, InputError
-from tagsmith.core.records import Item, LoadReport, checked, load_amazon, load_items, read_records
+from tagsmith.core.records import (Item, LoadReport, amazon_item, checked, item_maker, items_of, load_amazon,
+                                   load_items, read_records)
 
 
 def movielens_dir() -> Path:
@@ -97,11 +100,19 @@ def load_any(spec: str, **kw: Any) -> tuple[list[Item], LoadReport]:
     return load_items(spec, **kw)
 
 
-class ItemSource(BaseModel):
-    """A job's input: a file with its reading options, or the bundled ``movielens[:N]``.
+SHARD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 
-        >>> ItemSource(path="movielens:3").load()[0][0].id
-        '1'
+
+class ItemSource(BaseModel):
+    """A job's input: a file, a folder or glob of shards (read in name order) with the
+    reading options, or the bundled ``movielens[:N]``. Records stream: nothing holds the
+    whole input.
+
+        >>> src = ItemSource(path="movielens:3")
+        >>> [(e.cursor, e.item.id) for e in src.read()]
+        [((0, 1), '1'), ((0, 2), '2'), ((0, 3), '3')]
+        >>> [e.item.id for e in src.read(cursor=(0, 2))]          # resuming after two records
+        ['3']
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -114,10 +125,102 @@ class ItemSource(BaseModel):
     on_error: Literal["raise", "skip"] = "raise"
     limit: int | None = Field(default=None, ge=0)
 
+    # -- what is read ---------------------------------------------------------------------------
+    def bundled(self) -> int | None:
+        """N for 'movielens[:N]' (0: all), None for files."""
+        name, _, n = self.path.partition(":")
+        if name.lower() != "movielens":
+            return None
+        if n and not n.isdigit():
+            raise ConfigError(f"{self.path!r}: expected movielens:N with N a whole number")
+        return int(n) if n else 0
+
+    def files(self) -> list[Path]:
+        """The files behind the path: itself, a folder's data files, or a glob's matches."""
+        if self.bundled() is not None:
+            return []
+        p = Path(self.path).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().removesuffix(".gz").endswith(
+                SHARD_SUFFIXES))
+            if not found:
+                raise InputError(f"{p}: folder holds no .jsonl/.csv/.tsv/.parquet files")
+            return found
+        if any(c in self.path for c in "*?["):
+            found = sorted(Path(m) for m in glob.glob(str(p)) if Path(m).is_file())
+            if not found:
+                raise InputError(f"{self.path}: no file matches")
+            return found
+        if not p.is_file():
+            raise InputError(f"{p}: file not found" if not p.exists() else f"{p}: is not a file")
+        return [p]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the run records of its input: the options and each file's size and mtime."""
+        files = [{"path": str(f), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in self.files()]
+        return {**self.model_dump(exclude_none=True), "files": files}
+
+    def check_unchanged(self, fingerprint: dict[str, Any]) -> None:
+        """One line if the input is not what the run started on (a resumed load must read
+        the same records it stopped in)."""
+        then = {f["path"]: f for f in fingerprint.get("files", [])}
+        now = {f["path"]: f for f in self.fingerprint()["files"]}
+        for path in sorted(set(then) | set(now)):
+            a, b = then.get(path), now.get(path)
+            if a is None or b is None:
+                what = "appeared" if a is None else "disappeared"
+                raise ConfigError(f"{path}: {what} since the run started; the input must not change under a "
+                                  f"run (start a new run; answers already paid for come from the cache)")
+            if (a["size"], a["mtime_ns"]) != (b["size"], b["mtime_ns"]):
+                raise ConfigError(f"{path}: changed since the run started (size {a['size']} -> {b['size']}); the "
+                                  f"input must not change under a run (start a new run; answers already paid "
+                                  f"for come from the cache)")
+
+    def read(self, cursor: tuple[int, int] = (0, 0)) -> Iterator[Entry]:
+        """Every record from ``cursor`` (file index, records read in that file) on, as an
+        ``Entry``: the item or the reason it is bad, where it is, and the cursor after it.
+        ``limit`` counts good items over all files."""
+        make = amazon_item if self.format == "amazon" else item_maker(
+            id_field=self.id_field, text_field=self.text_field, template=self.template)
+        n_bundled = self.bundled()
+        good = 0
+        if n_bundled is not None:
+            for n, d in enumerate(movielens_items(limit=n_bundled or None)):
+                if n < cursor[1]:
+                    continue
+                if self.limit is not None and n >= self.limit:
+                    return
+                yield Entry((0, n + 1), f"movielens:{n + 1}", Item(d["id"], d["text"], d["fields"]), None)
+            return
+        files = self.files()
+        for index in range(cursor[0], len(files)):
+            path = str(files[index])
+            skip = cursor[1] if index == cursor[0] else 0
+            n = skip
+            for where, item, reason in items_of(read_records(path, self.format, skip=skip), make):
+                n += 1
+                if item is not None:
+                    if self.limit is not None and good >= self.limit:
+                        return
+                    good += 1
+                yield Entry((index, n), f"{path}:{where}", item, reason)
+
+    def check(self, n: int = 1000) -> None:
+        """Read the first ``n`` records as the run will: a wrong field, template or format
+        fails here, before a run exists (a bad record further on fails the run, at its
+        FILE:LINE, or is counted with ``on_error: skip``)."""
+        for i, entry in enumerate(self.read()):
+            if entry.item is None and self.on_error == "raise":
+                raise InputError(f"{entry.where}: {' '.join((entry.reason or 'bad record').split())}")
+            if i + 1 >= n:
+                break
+
     def load(self) -> tuple[list[Item], LoadReport]:
-        """Every item (FILE:LINE errors or skip counts as ``on_error`` says); none at all
-        is an error."""
-        if self.format == "amazon":
+        """Every item at once (FILE:LINE errors or skip counts as ``on_error`` says); none
+        at all is an error. For small inputs; ``read`` streams."""
+        if self.bundled() is not None:
+            items, report = load_any(self.path, limit=self.limit)
+        elif self.format == "amazon":
             items, report = load_amazon(self.path, on_error=self.on_error, limit=self.limit)
         else:
             items, report = load_any(self.path, id_field=self.id_field, text_field=self.text_field,
@@ -126,3 +229,14 @@ class ItemSource(BaseModel):
         if not items:
             raise InputError(f"{self.path}: no items to work on")
         return items, report
+
+
+@dataclass
+class Entry:
+    """One record of a source: the cursor after it, where it is (FILE:LINE), and the item or
+    why it is bad."""
+
+    cursor: tuple[int, int]
+    where: str
+    item: Item | None
+    reason: str | None

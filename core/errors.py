@@ -35,6 +35,12 @@ class BudgetExceeded(TagsmithError):
         self.spent_usd = spent_usd
 
 
+class Interrupted(TagsmithError):
+    """The run was stopped by a signal (SIGTERM); it is marked interrupted and resumable."""
+
+    exit_code = 143
+
+
 class LLMError(TagsmithError):
     """A model call failed for good (after retries), or for a reason retries cannot fix."""
 

@@ -29,7 +29,8 @@ from tagsmith.core.errors import ConfigError, InputError
 
 MAX_LINE_BYTES = 1 << 20  # a longer line is rejected (and drained in chunks, never held whole)
 MAX_ERRORS_KEPT = 50
-_FORMATS = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}
+_FORMATS = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "tsv": "tsv", "parquet": "parquet",
+            "amazon": "amazon"}  # amazon: JSON or Python-literal lines (never guessed from a name)
 
 # One record from a reader: (where, record, reason). `where` is "12" (a line) or "row 3";
 # reason is None for a good record, else the record is None.
@@ -55,11 +56,11 @@ class LoadReport:
         self.skipped += 1
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(message)
-        kind = _reason_kind(reason)
+        kind = reason_kind(reason)
         self.reasons[kind] = self.reasons.get(kind, 0) + 1
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """A reason without its particulars, to count skips by kind:
     "duplicate id '7' (first seen at line 2)" -> "duplicate id '…'"."""
     kind = re.sub(r"\([^)]*\)", "", reason)
@@ -179,10 +180,13 @@ def _parse_json_or_literal(text: str) -> Any:
         raise _Bad(f"neither JSON nor a Python literal: {why}") from None
 
 
-def _jsonl_records(path: str, parse: Callable[[str], Any] = _parse_json) -> Iterator[_Rec]:
+def _jsonl_records(path: str, parse: Callable[[str], Any] = _parse_json, skip: int = 0) -> Iterator[_Rec]:
     for n, content, reason in _byte_lines(path):
         if reason is None and not content.strip():
             continue  # blank lines separate nothing in JSONL; not an error
+        if skip:  # resuming: records read before are passed over without parsing
+            skip -= 1
+            continue
         try:
             if reason is not None:
                 raise _Bad(reason)
@@ -194,7 +198,7 @@ def _jsonl_records(path: str, parse: Callable[[str], Any] = _parse_json) -> Iter
             yield str(n), None, str(e)
 
 
-def _csv_records(path: str, delimiter: str) -> Iterator[_Rec]:
+def _csv_records(path: str, delimiter: str, skip: int = 0) -> Iterator[_Rec]:
     # Bad physical lines are fed to csv as empty lines and remembered, so a record spanning
     # lines (quoted newlines) still reports the exact line that was bad.
     bad: dict[int, str] = {}
@@ -232,21 +236,28 @@ def _csv_records(path: str, delimiter: str) -> Iterator[_Rec]:
             return
         except csv.Error as e:
             end = reader.line_num
+            if skip:
+                skip -= 1
+                continue
             yield str(start), None, f"CSV error: {e}"
             continue
         end = reader.line_num
         hit = next((n for n in range(start, end + 1) if n in bad), None)
+        if hit is None and not any(c.strip() for c in row):
+            continue  # blank line
+        if skip:  # resuming: records read before are passed over
+            skip -= 1
+            bad.pop(hit, None)
+            continue
         if hit is not None:
             yield str(hit), None, bad.pop(hit)
-        elif not any(c.strip() for c in row):
-            continue  # blank line
         elif len(row) != len(header):
             yield str(start), None, f"expected {len(header)} fields, got {len(row)}"
         else:
             yield str(start), dict(zip(header, row)), None
 
 
-def _parquet_records(path: str) -> Iterator[_Rec]:
+def _parquet_records(path: str, skip: int = 0) -> Iterator[_Rec]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -259,9 +270,12 @@ def _parquet_records(path: str) -> Iterator[_Rec]:
         raise InputError(f"{path}: not a readable Parquet file: {e}") from None
     i = 0
     for batch in pf.iter_batches(batch_size=4096):  # batches: never the whole table in memory
-        for rec in batch.to_pylist():
-            yield f"row {i}", rec, None
-            i += 1
+        if i + batch.num_rows <= skip:  # resuming: whole batches read before are passed over
+            i += batch.num_rows
+            continue
+        for rec in batch.to_pylist()[max(0, skip - i):]:
+            yield f"row {max(i, skip)}", rec, None
+            i = max(i, skip) + 1
 
 
 # ---------------------------------------------------------------- items from records
@@ -336,11 +350,12 @@ def _collect(path: str, records: Iterator[_Rec], make: Callable[[dict], Item],
     return items, report
 
 
-def read_records(path: str, fmt: str | None = None) -> Iterator[_Rec]:
+def read_records(path: str, fmt: str | None = None, skip: int = 0) -> Iterator[_Rec]:
     """Every record of a JSONL/CSV/TSV/Parquet file (JSONL and CSV/TSV may be gzipped) as
     ``(where, record, reason)``: ``where`` is a line number ("12") or a Parquet row ("row
     3"); a bad record comes with its ``reason`` and no record. Nothing is held whole: lines
     and row groups stream. ``checked`` turns the reasons into errors or skip counts.
+    ``skip`` passes over the first records (good or bad) cheaply: a resumed load.
 
         >>> from pathlib import Path
         >>> _ = Path("r.csv").write_text("id,title\\n1,Up\\n2\\n")
@@ -349,10 +364,12 @@ def read_records(path: str, fmt: str | None = None) -> Iterator[_Rec]:
     """
     kind = detect_format(str(path), fmt)
     if kind == "jsonl":
-        return _jsonl_records(str(path))
+        return _jsonl_records(str(path), skip=skip)
+    if kind == "amazon":
+        return _jsonl_records(str(path), _parse_json_or_literal, skip=skip)
     if kind == "parquet":
-        return _parquet_records(str(path))
-    return _csv_records(str(path), "," if kind == "csv" else "\t")
+        return _parquet_records(str(path), skip=skip)
+    return _csv_records(str(path), "," if kind == "csv" else "\t", skip=skip)
 
 
 def detect_format(path: str, fmt: str | None) -> str:
@@ -367,21 +384,15 @@ def detect_format(path: str, fmt: str | None) -> str:
     return _FORMATS[ext]
 
 
-def load_items(path: str, *, id_field: str = "id", text_field: str | None = None,
-               template: str | None = None, on_error: Literal["raise", "skip"] = "raise",
-               limit: int | None = None, fmt: str | None = None) -> tuple[list[Item], LoadReport]:
-    """Load items from a JSONL/CSV/TSV/Parquet file (JSONL and CSV may be gzipped).
+def item_maker(*, id_field: str = "id", text_field: str | None = None,
+               template: str | None = None) -> Callable[[dict], Item]:
+    """record -> Item, or ``_Bad(reason)``. Text comes from ``template`` (str.format over the
+    fields; lists joined with ", ", null as ""), else ``text_field``, else every field but
+    the id as "key: value" lines.
 
-    Text comes from `template` (str.format over the fields; lists joined with ", ", null as
-    ""), else `text_field`, else every field but the id as "key: value" lines.
-
-        >>> from pathlib import Path
-        >>> _ = Path("m.csv").write_text("id,title,tags\\n7, Up ,kids\\n")
-        >>> load_items("m.csv")[0][0].text
-        'title: Up\\ntags: kids'
+        >>> item_maker(text_field="title")({"id": 7, "title": " Up "})
+        Item(id='7', text='Up', fields={'title': ' Up '})
     """
-    path = str(path)
-    kind = detect_format(path, fmt)
     if template is not None:
         try:
             names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -413,6 +424,41 @@ def load_items(path: str, *, id_field: str = "id", text_field: str | None = None
             raise _Bad("empty text")
         return Item(item_id, text, fields)
 
+    return make
+
+
+def items_of(records: Iterator[_Rec], make: Callable[[dict], Item]) -> Iterator[tuple[str, Item | None, str | None]]:
+    """(where, item, None) or (where, None, reason) for each record: a record that does not
+    make an item is a bad record."""
+    try:
+        for where, rec, reason in records:
+            if reason is None:
+                try:
+                    yield where, make(rec), None
+                    continue
+                except _Bad as e:
+                    reason = str(e)
+            yield where, None, reason
+    finally:
+        records.close()
+
+
+def load_items(path: str, *, id_field: str = "id", text_field: str | None = None,
+               template: str | None = None, on_error: Literal["raise", "skip"] = "raise",
+               limit: int | None = None, fmt: str | None = None) -> tuple[list[Item], LoadReport]:
+    """Load items from a JSONL/CSV/TSV/Parquet file (JSONL and CSV may be gzipped).
+
+    Text comes from `template` (str.format over the fields; lists joined with ", ", null as
+    ""), else `text_field`, else every field but the id as "key: value" lines.
+
+        >>> from pathlib import Path
+        >>> _ = Path("m.csv").write_text("id,title,tags\\n7, Up ,kids\\n")
+        >>> load_items("m.csv")[0][0].text
+        'title: Up\\ntags: kids'
+    """
+    path = str(path)
+    kind = detect_format(path, fmt)
+    make = item_maker(id_field=id_field, text_field=text_field, template=template)
     return _collect(path, read_records(path, kind), make, on_error, limit)
 
 
@@ -459,13 +505,14 @@ def load_amazon(path: str, *, on_error: Literal["raise", "skip"] = "raise",
         'Title: Tutu\\nCategories: Toys, Dance'
     """
     path = str(path)
+    return _collect(path, read_records(path, "amazon"), amazon_item, on_error, limit)
 
-    def make(rec: dict) -> Item:
-        id_field = "parent_asin" if "parent_asin" in rec else "asin"
-        item_id = _id_of(rec, id_field)
-        text = _amazon_text(rec)
-        if not text:
-            raise _Bad("empty text")
-        return Item(item_id, text, {k: v for k, v in rec.items() if k != id_field})
 
-    return _collect(path, _jsonl_records(path, _parse_json_or_literal), make, on_error, limit)
+def amazon_item(rec: dict) -> Item:
+    """An Amazon metadata record (2014: asin, 2023: parent_asin) -> Item, or ``_Bad``."""
+    id_field = "parent_asin" if "parent_asin" in rec else "asin"
+    item_id = _id_of(rec, id_field)
+    text = _amazon_text(rec)
+    if not text:
+        raise _Bad("empty text")
+    return Item(item_id, text, {k: v for k, v in rec.items() if k != id_field})

@@ -145,13 +145,47 @@ class LSHDensitySketch:
     def fit(self, X: np.ndarray) -> "LSHDensitySketch":
         """Add the points of ``X`` to the table (callable repeatedly; counts accumulate)."""
         X = self._check(X)
-        row_offset = np.arange(self.rows, dtype=np.int64) * self.buckets
         for start in range(0, X.shape[0], self.chunk_size):
-            flat = (self.buckets_of(X[start:start + self.chunk_size]) + row_offset).ravel()
-            # bincount over the flattened table is a vectorised scatter-add (np.add.at is ~10x slower).
-            self.counts += np.bincount(flat, minlength=self.rows * self.buckets).reshape(self.rows, self.buckets)
-        self.n += X.shape[0]
+            self.fit_buckets(self.buckets_of(X[start:start + self.chunk_size]))
         return self
+
+    def fit_buckets(self, B: np.ndarray) -> "LSHDensitySketch":
+        """Add points given by their bucket indices (``buckets_of``): a streaming pass keeps
+        those (rows small integers per point) instead of the embeddings."""
+        row_offset = np.arange(self.rows, dtype=np.int64) * self.buckets
+        flat = (np.asarray(B, dtype=np.int64) + row_offset).ravel()
+        # bincount over the flattened table is a vectorised scatter-add (np.add.at is ~10x slower).
+        self.counts += np.bincount(flat, minlength=self.rows * self.buckets).reshape(self.rows, self.buckets)
+        self.n += len(B)
+        return self
+
+    def density_of_buckets(self, B: np.ndarray) -> np.ndarray:
+        """``density`` for points given by their bucket indices."""
+        if self.n == 0:
+            raise ValueError("the sketch is empty: call fit() first")
+        return self.counts[np.arange(self.rows), np.asarray(B, dtype=np.int64)].mean(axis=1) / self.n
+
+    def to_bytes(self) -> bytes:
+        """The sketch (its parameters and table, compressed), to keep with a run and score
+        new data against later. ``from_bytes(s.to_bytes())`` gives the same densities."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, counts=self.counts.astype(np.int32 if self.n < 2**31 else np.int64),
+                            params=np.array([self.dim, self.rows, self.buckets, self.projections, self.n, self.seed],
+                                            dtype=np.int64), width=np.array([self.width]))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LSHDensitySketch":
+        import io
+
+        z = np.load(io.BytesIO(data))
+        dim, rows, buckets, projections, n, seed = (int(x) for x in z["params"])
+        sketch = cls(dim, rows=rows, buckets=buckets, width=float(z["width"][0]), seed=seed, projections=projections)
+        sketch.counts = z["counts"].astype(np.int64)
+        sketch.n = n
+        return sketch
 
     def density(self, X: np.ndarray) -> np.ndarray:
         """Mean over rows of the count of each point's bucket, divided by N (float64, (n,)).
@@ -161,10 +195,9 @@ class LSHDensitySketch:
             raise ValueError("the sketch is empty: call fit() first")
         X = self._check(X)
         out = np.empty(X.shape[0], dtype=np.float64)
-        rows = np.arange(self.rows)
         for start in range(0, X.shape[0], self.chunk_size):
             b = self.buckets_of(X[start:start + self.chunk_size])
-            out[start:start + len(b)] = self.counts[rows, b].mean(axis=1) / self.n
+            out[start:start + len(b)] = self.density_of_buckets(b)
         return out
 
     def kernel(self, distance: np.ndarray | float) -> np.ndarray:

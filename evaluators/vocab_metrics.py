@@ -34,27 +34,6 @@ def entropy(counts: list[int]) -> tuple[float, float]:
     return h, h / math.log2(len(counts))
 
 
-def redundancy(tags: dict[str, list[str]], min_support: int = 3, threshold: float = 0.8) -> dict:
-    """Pairs of descriptors that (nearly) always co-occur carry one signal, not two.
-    Returns the share of used descriptor pairs with item-set Jaccard >= threshold, the mean
-    Jaccard over co-occurring pairs, and the top pairs."""
-    sets: dict[str, set[str]] = {}
-    for item, names in tags.items():
-        for n in set(names):
-            sets.setdefault(n, set()).add(item)
-    used = sorted(n for n, s in sets.items() if len(s) >= min_support)
-    pairs = []
-    for a, b in combinations(used, 2):
-        inter = len(sets[a] & sets[b])
-        if inter:
-            pairs.append((inter / len(sets[a] | sets[b]), a, b))
-    n_pairs = len(used) * (len(used) - 1) // 2
-    high = [p for p in pairs if p[0] >= threshold]
-    return {"redundant_pair_share": len(high) / n_pairs if n_pairs else 0.0,
-            "mean_cooccurrence_jaccard": sum(p[0] for p in pairs) / len(pairs) if pairs else 0.0,
-            "top_redundant_pairs": [[a, b, round(j, 3)] for j, a, b in sorted(pairs, reverse=True)[:5]]}
-
-
 def agreement(annotations: dict[str, list[list[str]]]) -> float | None:
     """Mean pairwise Jaccard between annotators on items that more than one annotator tagged
     (batches overlap on purpose). None when no item was tagged twice."""
@@ -66,31 +45,79 @@ def agreement(annotations: dict[str, list[list[str]]]) -> float | None:
     return sum(scores) / len(scores) if scores else None
 
 
+class TagMetrics:
+    """Tagging metrics accumulated one item at a time (a million items never sit in memory):
+    coverage (overall and per facet), descriptors per item, usage entropy, unused
+    descriptors, and redundancy: pairs of descriptors that (nearly) always co-occur carry
+    one signal, not two (item-set Jaccard from co-occurrence counts).
+
+        >>> from tagsmith.core.vocabulary import Descriptor, Facet
+        >>> vocab = Vocabulary(facets=[Facet(name="genre", descriptors=[Descriptor(name="comedy"),
+        ...                                                            Descriptor(name="drama")])])
+        >>> m = TagMetrics(vocab)
+        >>> for names in (["comedy"], ["comedy", "drama"], []):
+        ...     m.add(names)
+        >>> r = m.result()
+        >>> r["coverage"], r["descriptors_per_item"], r["usage_entropy_norm"] < 1
+        (0.6666666666666666, 1.0, True)
+    """
+
+    def __init__(self, vocab: Vocabulary, min_support: int = 3, threshold: float = 0.8):
+        self.vocab = vocab
+        self.facet_of = vocab.facet_of()
+        self.min_support, self.threshold = min_support, threshold
+        self.n = self.covered = self.assigned = 0
+        self.usage: Counter = Counter()
+        self.facets: Counter = Counter()
+        self.pairs: Counter = Counter()
+
+    def add(self, names: list[str]) -> None:
+        distinct = sorted(set(names))
+        self.n += 1
+        self.assigned += len(names)
+        self.covered += 1 if distinct else 0
+        self.usage.update(distinct)
+        self.facets.update({self.facet_of[d] for d in distinct if d in self.facet_of})
+        self.pairs.update(combinations(distinct, 2))
+
+    def redundancy(self) -> dict:
+        used = sorted(d for d, c in self.usage.items() if c >= self.min_support)
+        ok = set(used)
+        pairs = sorted(((inter / (self.usage[a] + self.usage[b] - inter), a, b)
+                        for (a, b), inter in self.pairs.items() if a in ok and b in ok), reverse=True)
+        n_pairs = len(used) * (len(used) - 1) // 2
+        high = [p for p in pairs if p[0] >= self.threshold]
+        return {"redundant_pair_share": len(high) / n_pairs if n_pairs else 0.0,
+                "mean_cooccurrence_jaccard": sum(p[0] for p in pairs) / len(pairs) if pairs else 0.0,
+                "top_redundant_pairs": [[a, b, round(j, 3)] for j, a, b in pairs[:5]]}
+
+    def result(self) -> dict:
+        vocab, n = self.vocab, self.n
+        usage = {d: self.usage.get(d, 0) for d in vocab.names()}
+        h, h_norm = entropy(list(usage.values()))
+        return {
+            "items": n,
+            "coverage": self.covered / n if n else 0.0,
+            "coverage_per_facet": {f.name: self.facets.get(f.name, 0) / n if n else 0.0 for f in vocab.facets},
+            "facets": len(vocab.facets),
+            "descriptors": vocab.size(),
+            "size_per_level": {"facets": len(vocab.facets), "descriptors": vocab.size(),
+                               "per_facet": {f.name: len(f.descriptors) for f in vocab.facets}},
+            "descriptors_per_item": self.assigned / n if n else 0.0,
+            "usage_entropy_bits": h,
+            "usage_entropy_norm": h_norm,
+            "unused_descriptors": sorted(k for k, v in usage.items() if v == 0),
+            "distinct_descriptors_used": sum(1 for v in usage.values() if v),
+            **self.redundancy(),
+        }
+
+
 def tag_metrics(vocab: Vocabulary, tags: dict[str, list[str]]) -> dict:
-    n = len(tags)
-    usage = usage_counts(vocab, tags)
-    h, h_norm = entropy(list(usage.values()))
-    per_item = [len(v) for v in tags.values()]
-    covered = sum(1 for v in tags.values() if v)
-    facet_cov = {}
-    for f in vocab.facets:
-        names = {d.name for d in f.descriptors}
-        facet_cov[f.name] = sum(1 for v in tags.values() if names & set(v)) / n if n else 0.0
-    return {
-        "items": n,
-        "coverage": covered / n if n else 0.0,
-        "coverage_per_facet": facet_cov,
-        "facets": len(vocab.facets),
-        "descriptors": vocab.size(),
-        "size_per_level": {"facets": len(vocab.facets), "descriptors": vocab.size(),
-                           "per_facet": {f.name: len(f.descriptors) for f in vocab.facets}},
-        "descriptors_per_item": sum(per_item) / n if n else 0.0,
-        "usage_entropy_bits": h,
-        "usage_entropy_norm": h_norm,
-        "unused_descriptors": sorted(k for k, v in usage.items() if v == 0),
-        "distinct_descriptors_used": sum(1 for v in usage.values() if v),
-        **redundancy(tags),
-    }
+    """``TagMetrics`` over a dict of item -> descriptors."""
+    m = TagMetrics(vocab)
+    for names in tags.values():
+        m.add(names)
+    return m.result()
 
 
 def aggregate_reports(vocab: Vocabulary, reports: list[dict], broad_share: float) -> dict:

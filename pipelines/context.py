@@ -44,6 +44,12 @@ class BatchStage(Protocol):
     async def process(self, batch: list[dict[str, Any]]) -> Any: ...
 
 
+class Checkpoints(Protocol):
+    """The run's checkpoints, as far as a node needs them: old ones can be dropped."""
+
+    async def prune(self, run_id: str, keep: int) -> int: ...
+
+
 class Progress(Protocol):
     """Where a long run reports how far it is (the CLI shows a bar; tests may count)."""
 
@@ -68,6 +74,7 @@ class RunContext:
     proposer: Proposer | None = None  # evolution: LLM or random edits
     vocabularies: dict[str, Vocabulary] = field(default_factory=dict)  # vocab run id -> final vocabulary
     stage: BatchStage | None = None  # assignment, scoring: the batch stage's per-run resources
+    checkpoints: Checkpoints | None = None  # set by the runtime: batch waves prune old checkpoints
 
     def embedder(self) -> Embed:
         if self.embed is None:
@@ -99,6 +106,8 @@ class Pipeline(Protocol):
     - ``KIND``: the run kind it serves (``tagsmith runs list`` shows it);
     - ``PROMPTS``: names of the prompt files it uses (their hashes are stored with the run);
     - ``build_graph()``: the uncompiled graph; the runtime compiles it with its checkpointer;
+    - ``initial_state(inputs)``: the graph's first state from the run's stored inputs (a
+      batch pipeline keeps records out of it);
     - ``finish(ctx, state)``: the run's metrics once the graph is done;
     - ``export_rows(store, run)``: the run's results as rows, streamed, for ``tagsmith export``.
     """
@@ -107,6 +116,8 @@ class Pipeline(Protocol):
     PROMPTS: tuple[str, ...]
 
     def build_graph(self) -> StateGraph: ...
+
+    def initial_state(self, inputs: dict[str, Any]) -> dict[str, Any]: ...
 
     def finish(self, ctx: RunContext, state: dict[str, Any]) -> dict[str, Any]: ...
 

@@ -62,6 +62,10 @@ def collect(state: State, runtime: Runtime) -> dict:
     return {"done": len(cards)}
 
 
+def initial_state(inputs: dict) -> dict:
+    return inputs
+
+
 def build_graph() -> StateGraph:
     g = StateGraph(State)
     g.add_node("describe", describe)

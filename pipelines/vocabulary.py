@@ -212,6 +212,10 @@ def finalize(state: State, runtime: Runtime) -> dict:
     return {}
 
 
+def initial_state(inputs: dict) -> dict:
+    return inputs
+
+
 def build_graph() -> StateGraph:
     g = StateGraph(State)
     g.add_node("sample", sample)

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from tagsmith.core.errors import ConfigError, TagsmithError
 from tagsmith.store.migrations import migrate
-from tagsmith.store.models import LLMCache, LLMCall, Run, RunRecord, utcnow
+from tagsmith.store.models import LLMCache, LLMCall, Run, RunBlob, RunRecord, RunStat, utcnow
 
 
 class StoreError(TagsmithError):
@@ -68,6 +68,7 @@ def describe_db_error(exc: Exception, url: str) -> str:
     return f"{where}: database error: {str(getattr(exc, 'orig', exc)).splitlines()[0]}"
 
 
+SUPPORTED = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT, and a LangGraph checkpointer
 _RUN_DELTAS = ("cache_hits", "calls", "prompt_tokens", "completion_tokens", "cost_usd")
 _CALL_COLUMNS = tuple(c.name for c in LLMCall.__table__.columns if c.name != "id")
 _CALL_DEFAULTS = {"node": "", "model": "", "cache_key": "", "messages_json": "[]", "prompt_tokens": 0,
@@ -78,13 +79,14 @@ _CALL_DEFAULTS = {"node": "", "model": "", "cache_key": "", "messages_json": "[]
 @dataclass
 class Write:
     """A write as parameter rows for the store's prepared statements (``llm_call``,
-    ``llm_cache``, ``run_record``) plus deltas to a run's totals, so that the writer can
-    merge a group of writes into one executemany per statement. ``result`` is what the
-    caller gets back."""
+    ``llm_cache``, ``run_record``, ``record_state``) plus deltas to a run's totals and
+    counters, so that the writer can merge a group of writes into one executemany per
+    statement. ``result`` is what the caller gets back."""
 
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     run_id: str | None = None
     deltas: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # run_stat counters to add to (run_id's)
     result: Any = None
 
 
@@ -180,6 +182,10 @@ class Store:
     def __init__(self, db: str = "tagsmith.db", busy_timeout_ms: int = 30000):
         self.url = to_url(db)
         self.path = sqlite_path(self.url)
+        backend = self.url.split(":", 1)[0].split("+", 1)[0]
+        if backend not in SUPPORTED:
+            raise ConfigError(f"store.db: {backend} is not supported; use a SQLite path or a "
+                              f"postgresql:// URL (the store and LangGraph's checkpoints live in it)")
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
@@ -211,7 +217,6 @@ class Store:
         # group instead of per LLM call is most of the store's CPU per call. Cache lookups
         # are grouped the same way (one SELECT ... IN for a wave of calls).
         self._statements: dict[str, Any] = {}
-        self._has_upsert = self.engine.dialect.name in ("sqlite", "postgresql")  # INSERT ... ON CONFLICT
         self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact)
         self._reader = _Batcher("tagsmith-cache-reader", self._cache_get_many, single=self.cache_get)
 
@@ -262,40 +267,34 @@ class Store:
             results: list[Any] = []
             merged: dict[str, list[dict[str, Any]]] = {}
             totals: dict[str, dict[str, Any]] = {}
+            stats: dict[tuple[str, str], float] = {}
             for w in writes:
                 if not isinstance(w, Write):
                     results.append(w(conn))
                     continue
                 for name, rows in w.rows.items():
                     merged.setdefault(name, []).extend(rows)
-                if w.run_id is not None:
+                if w.run_id is not None and w.deltas:
                     t = totals.setdefault(w.run_id, dict.fromkeys(_RUN_DELTAS, 0))
                     for k in _RUN_DELTAS:
                         t[k] += w.deltas.get(k, 0)
+                for name, value in w.stats.items():
+                    stats[(w.run_id, name)] = stats.get((w.run_id, name), 0.0) + value
                 results.append(w.result)
+            for name in ("llm_call", "llm_cache", "run_record", "record_state"):  # records before their states
+                if name in merged:
+                    conn.execute(self._statement(name), merged.pop(name))
             for name, rows in merged.items():
-                self._execute_rows(conn, name, rows)
+                conn.execute(self._statement(name), rows)
+            if stats:
+                conn.execute(self._statement("run_stat"),
+                             [{"run_id": r, "name": n, "value": v} for (r, n), v in stats.items()])
             if totals:
                 now = utcnow()
                 conn.execute(self._statement("run_totals"),
                              [{"rid": rid, "now": now, **{f"d_{k}": v for k, v in t.items()}}
                               for rid, t in totals.items()])
             return results
-
-    def _execute_rows(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
-        if self._has_upsert or name not in ("llm_cache", "run_record"):
-            conn.execute(self._statement(name), rows)
-            return
-        # dialects without INSERT ... ON CONFLICT: the same semantics by hand
-        table = LLMCache.__table__ if name == "llm_cache" else RunRecord.__table__
-        for r in rows:
-            if name == "llm_cache":  # first answer wins
-                if conn.execute(select(table.c.key).where(table.c.key == r["key"])).first() is None:
-                    conn.execute(insert(table), [r])
-            else:  # re-writing a key replaces its data
-                conn.execute(table.delete().where((table.c.run_id == r["run_id"]) & (table.c.kind == r["kind"])
-                                                  & (table.c.key == r["key"])))
-                conn.execute(insert(table), [r])
 
     def _statement(self, name: str):
         """Prepared statements of the write path, built once per store."""
@@ -310,6 +309,15 @@ class Store:
             ins = self._dialect_insert(RunRecord.__table__)
             stmt = ins.on_conflict_do_update(index_elements=["run_id", "kind", "key"],
                                              set_={"data_json": ins.excluded.data_json})
+        elif name == "record_state":  # a work record done or failed, one more try counted
+            c = RunRecord.__table__.c
+            stmt = (update(RunRecord.__table__)
+                    .where(c.run_id == bindparam("r"), c.kind == bindparam("k"), c.key == bindparam("b_key"))
+                    .values(state=bindparam("b_state"), attempts=c.attempts + bindparam("tried")))
+        elif name == "run_stat":  # counters add up
+            ins = self._dialect_insert(RunStat.__table__)
+            stmt = ins.on_conflict_do_update(index_elements=["run_id", "name"],
+                                             set_={"value": RunStat.__table__.c.value + ins.excluded.value})
         elif name == "run_totals":
             c = Run.__table__.c
             stmt = (update(Run.__table__).where(c.id == bindparam("rid"))
@@ -458,18 +466,158 @@ class Store:
                  "created_at": now} for k, v in items]
         return Write(rows={"run_record": rows} if rows else {}, result=len(rows))
 
-    def pending_records(self, run_id: str, kind: str, done_kind: str, limit: int) -> list[tuple[str, Any]]:
-        """Up to ``limit`` records of ``kind`` (in insertion order) that have no record of
-        ``done_kind`` with the same key yet: the next wave of work, without reading all."""
+    # -- work records of a batch stage -----------------------------------------------
+    def load_work(self, run_id: str, kind: str, rows: list[tuple[str, Any]], *, cursor: dict[str, Any],
+                  stats: dict[str, float] | None = None, errors: list[tuple[int, str]] | None = None,
+                  duplicates: str = "skip") -> list[str]:
+        """Insert a chunk of work records (state pending) with the loader's cursor, counters
+        and first error lines in ONE transaction: a crash keeps both or neither, so a resumed
+        load starts exactly after the last chunk kept. Returns the keys the run already had
+        (duplicates: not inserted; with ``duplicates="raise"`` nothing is written then)."""
         t = RunRecord.__table__
-        done = t.alias("done")
-        q = (select(t.c.key, t.c.data_json)
-             .where(t.c.run_id == run_id, t.c.kind == kind,
-                    ~select(done.c.id).where(and_(done.c.run_id == run_id, done.c.kind == done_kind,
-                                                  done.c.key == t.c.key)).exists())
+        now = utcnow()
+        with self._db_errors(), self.engine.begin() as conn:
+            keys = [k for k, _ in rows]
+            existing: set[str] = set()
+            for i in range(0, len(keys), 500):  # the unique (run_id, kind, key) index answers
+                existing.update(conn.execute(select(t.c.key).where(
+                    t.c.run_id == run_id, t.c.kind == kind, t.c.key.in_(keys[i:i + 500]))).scalars())
+            if existing and duplicates == "raise":
+                return sorted(existing)
+            fresh = [{"run_id": run_id, "kind": kind, "key": k, "data_json": json.dumps(d, default=str),
+                      "created_at": now, "state": "pending", "attempts": 0} for k, d in rows if k not in existing]
+            if fresh:
+                conn.execute(insert(t), fresh)
+            marks = [{"run_id": run_id, "kind": "cursor", "key": kind, "data_json": json.dumps(cursor),
+                      "created_at": now}]
+            marks += [{"run_id": run_id, "kind": "load_error", "key": f"{n:03d}", "data_json": json.dumps(e),
+                       "created_at": now} for n, e in errors or []]
+            conn.execute(self._statement("run_record"), marks)
+            if stats:
+                conn.execute(self._statement("run_stat"),
+                             [{"run_id": run_id, "name": k, "value": v} for k, v in stats.items()])
+        return sorted(existing)
+
+    def cursor(self, run_id: str, kind: str) -> dict[str, Any] | None:
+        """The loader's cursor for ``kind`` (None before the first chunk)."""
+        t = RunRecord.__table__
+        with self._db_errors(), self.engine.connect() as conn:
+            data = conn.execute(select(t.c.data_json).where(t.c.run_id == run_id, t.c.kind == "cursor",
+                                                            t.c.key == kind)).scalar()
+        return None if data is None else json.loads(data)
+
+    @staticmethod
+    def next_work_query(run_id: str, kind: str, limit: int, state: str = "pending"):
+        t = RunRecord.__table__
+        return (select(t.c.key, t.c.data_json).where(t.c.run_id == run_id, t.c.kind == kind, t.c.state == state)
+                .order_by(t.c.id).limit(limit))
+
+    def next_work(self, run_id: str, kind: str, limit: int, state: str = "pending") -> list[tuple[str, Any]]:
+        """Up to ``limit`` work records in ``state``, in load order: an indexed range scan of
+        (run_id, kind, state, id), whose cost does not grow with what is done."""
+        with self._db_errors(), self.engine.connect() as conn:
+            return [(k, json.loads(d)) for k, d in conn.execute(self.next_work_query(run_id, kind, limit, state)).all()]
+
+    def count_work(self, run_id: str, kind: str, state: str, cap: int | None = None) -> int:
+        """How many work records are in ``state`` (counting stops at ``cap``: O(cap))."""
+        t = RunRecord.__table__
+        inner = select(t.c.id).where(t.c.run_id == run_id, t.c.kind == kind, t.c.state == state)
+        if cap is not None:
+            inner = inner.limit(cap)
+        with self._db_errors(), self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
+
+    def work_write(self, run_id: str, kind: str, out_kind: str, done: list[tuple[str, Any]],
+                   failed: list[tuple[str, Any]], stats: dict[str, float]) -> Write:
+        """The outcome of one batch as ONE write: output records, the inputs' new states and
+        the counters (group-committed with the calls that paid for them)."""
+        now = utcnow()
+        outputs = [{"run_id": run_id, "kind": out_kind, "key": k, "data_json": json.dumps(d, default=str),
+                    "created_at": now} for k, d in done + failed]
+        states = ([{"r": run_id, "k": kind, "b_key": k, "b_state": "done", "tried": 1} for k, _ in done]
+                  + [{"r": run_id, "k": kind, "b_key": k, "b_state": "failed", "tried": 1} for k, _ in failed])
+        rows: dict[str, list[dict[str, Any]]] = {}
+        if outputs:
+            rows["run_record"] = outputs
+        if states:
+            rows["record_state"] = states
+        return Write(rows=rows, run_id=run_id, stats=stats, result=len(states))
+
+    def retry_failed(self, run_id: str, kind: str, max_attempts: int) -> int:
+        """Failed work records tried fewer than ``max_attempts`` times go back to pending."""
+        t = RunRecord.__table__
+        with self._db_errors(), self.engine.begin() as conn:
+            return conn.execute(update(t).where(t.c.run_id == run_id, t.c.kind == kind, t.c.state == "failed",
+                                                t.c.attempts < max_attempts).values(state="pending")).rowcount
+
+    def stats(self, run_id: str) -> dict[str, float]:
+        t = RunStat.__table__
+        with self._db_errors(), self.engine.connect() as conn:
+            return dict(conn.execute(select(t.c.name, t.c.value).where(t.c.run_id == run_id)).all())
+
+    async def add_stats(self, run_id: str, stats: dict[str, float]) -> None:
+        await self.write(Write(run_id=run_id, stats=stats))
+
+    def records_after(self, run_id: str, kind: str, after: int, limit: int) -> list[tuple[int, str, Any]]:
+        """Up to ``limit`` records of ``kind`` whose row id is above ``after``, in load
+        order, as (row id, key, data): a chunk of a pass that keeps its place by row id."""
+        t = RunRecord.__table__
+        q = (select(t.c.id, t.c.key, t.c.data_json).where(t.c.run_id == run_id, t.c.kind == kind, t.c.id > after)
              .order_by(t.c.id).limit(limit))
-        with self.session() as s:
-            return [(k, json.loads(d)) for k, d in s.execute(q).all()]
+        with self._db_errors(), self.engine.connect() as conn:
+            return [(i, k, json.loads(d)) for i, k, d in conn.execute(q).all()]
+
+    def iter_records(self, run_id: str, kind: str, chunk: int = 5000) -> Iterator[tuple[str, Any]]:
+        """Every record of ``kind`` in load order, read ``chunk`` rows at a time (keyset
+        pagination on id): a million records never sit in memory at once."""
+        last = 0
+        while rows := self.records_after(run_id, kind, last, chunk):
+            for _, key, data in rows:
+                yield key, data
+            last = rows[-1][0]
+
+    def put_chunk(self, run_id: str, kind: str, rows: list[tuple[str, Any]], *, cursor: tuple[str, Any],
+                  blob: tuple[str, bytes] | None = None) -> None:
+        """A pass's chunk of records, its cursor and (optionally) a blob in ONE transaction:
+        a resumed pass starts exactly after the last chunk kept."""
+        w = self._records_write(run_id, kind, rows)
+        w.rows.setdefault("run_record", []).extend(self._records_write(run_id, "cursor", [cursor]).rows["run_record"])
+        writes: list[Write | Callable[[Connection], Any]] = [w]
+        if blob is not None:
+            writes.append(lambda conn: self._put_blob(conn, run_id, *blob))
+        self.transact_many(writes)
+
+    def iter_joined(self, run_id: str, kind: str, other: str, chunk: int = 5000) -> Iterator[tuple[str, Any, Any]]:
+        """(key, record of ``kind``, record of ``other`` with the same key or None), in the
+        load order of ``kind``, ``chunk`` rows at a time: an export joins items to their
+        tags without holding either."""
+        a, b = RunRecord.__table__.alias("a"), RunRecord.__table__.alias("b")
+        last = 0
+        while True:
+            q = (select(a.c.id, a.c.key, a.c.data_json, b.c.data_json)
+                 .select_from(a.outerjoin(b, (b.c.run_id == a.c.run_id) & (b.c.kind == other) & (b.c.key == a.c.key)))
+                 .where(a.c.run_id == run_id, a.c.kind == kind, a.c.id > last).order_by(a.c.id).limit(chunk))
+            with self._db_errors(), self.engine.connect() as conn:
+                rows = conn.execute(q).all()
+            for _, key, data, joined in rows:
+                yield key, json.loads(data), None if joined is None else json.loads(joined)
+            if len(rows) < chunk:
+                return
+            last = rows[-1][0]
+
+    def put_blob(self, run_id: str, name: str, data: bytes) -> None:
+        self.transact(lambda conn: self._put_blob(conn, run_id, name, data))
+
+    @staticmethod
+    def _put_blob(conn: Connection, run_id: str, name: str, data: bytes) -> None:
+        t = RunBlob.__table__
+        conn.execute(t.delete().where(t.c.run_id == run_id, t.c.name == name))
+        conn.execute(insert(t), [{"run_id": run_id, "name": name, "data": data, "created_at": utcnow()}])
+
+    def get_blob(self, run_id: str, name: str) -> bytes | None:
+        t = RunBlob.__table__
+        with self._db_errors(), self.engine.connect() as conn:
+            return conn.execute(select(t.c.data).where(t.c.run_id == run_id, t.c.name == name)).scalar()
 
     def count_records(self, run_id: str, kind: str) -> int:
         t = RunRecord.__table__

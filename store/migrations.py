@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
 from tagsmith.store import models
@@ -22,8 +22,22 @@ def m001_runs_calls_cache(conn: Connection) -> None:
     _create(conn, models.Run, models.LLMCall, models.LLMCache, models.RunRecord)
 
 
+def m002_work_states_stats_blobs(conn: Connection) -> None:
+    """Batch stages: a state and attempt count on work records with an index for the next
+    wave, exact run counters, binary run state."""
+    # 001 creates tables from today's models: on a new database the columns exist already
+    have = {c["name"] for c in inspect(conn).get_columns("run_record")}
+    if "state" not in have:
+        conn.execute(text("ALTER TABLE run_record ADD COLUMN state VARCHAR(8)"))
+    if "attempts" not in have:
+        conn.execute(text("ALTER TABLE run_record ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_run_record_work ON run_record (run_id, kind, state, id)"))
+    _create(conn, models.RunStat, models.RunBlob)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", m001_runs_calls_cache),
+    ("002_work_states_stats_blobs", m002_work_states_stats_blobs),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -83,10 +83,36 @@ class RunRecord(SQLModel, table=True):
     """
 
     __tablename__ = "run_record"
-    __table_args__ = (UniqueConstraint("run_id", "kind", "key", name="uq_run_record"),)
+    __table_args__ = (UniqueConstraint("run_id", "kind", "key", name="uq_run_record"),
+                      Index("ix_run_record_work", "run_id", "kind", "state", "id"))
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(index=True)
     kind: str
     key: str
     data_json: str = Field(sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    # Work records of a batch stage (an item to tag, a document to score): pending, done or
+    # failed, and how many times they were tried. The next wave is an indexed query on
+    # (run_id, kind, state, id): its cost does not grow with what is done. NULL elsewhere.
+    state: str | None = Field(default=None, max_length=8)
+    attempts: int = 0
+
+
+class RunStat(SQLModel, table=True):
+    """Counters of a run (items loaded, skipped per reason, answers, OOV...), incremented in
+    the same transaction as the work they count, so they are exact after any crash."""
+
+    __tablename__ = "run_stat"
+    run_id: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    value: float = 0.0
+
+
+class RunBlob(SQLModel, table=True):
+    """A run's binary state that is not a record per key (a density sketch)."""
+
+    __tablename__ = "run_blob"
+    run_id: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary))
     created_at: datetime = Field(default_factory=utcnow)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tagsmith.core.config import Config, deep_merge, read_config_file, validate_config
-from tagsmith.core.errors import ConfigError
+from tagsmith.core.errors import ConfigError, Interrupted
 from tagsmith.core.datasets import ItemSource
 from tagsmith.core.records import Item, LoadReport
 from tagsmith.core.vocabulary import Facet, Vocabulary, seed_facet_from_field
@@ -102,12 +103,68 @@ def _id_text(items: Iterable[Item]) -> list[dict[str, str]]:
     return [{"id": i.id, "text": i.text} for i in items]
 
 
+def run_sync(coro: Any) -> Any:
+    """``asyncio.run``, with SIGTERM handled as Ctrl-C is: the run's task is cancelled, so
+    the run is marked interrupted and the store released; then ``Interrupted`` is raised
+    (Ctrl-C raises KeyboardInterrupt, as ever)."""
+    terminated = False
+
+    async def main() -> Any:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            pass
+        try:
+            return await coro
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGTERM)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            raise Interrupted("terminated (SIGTERM)") from None
+        raise
+
+
+def load_report(run: Run, store: Store) -> LoadReport | None:
+    """What loading a batch run's input skipped: counts per reason and the first lines."""
+    st = store.stats(run.id)
+    if not st.get("skipped"):
+        return None
+    inputs = json.loads(run.inputs_json)
+    return LoadReport(path=inputs.get("source", {}).get("path", "input"), loaded=int(st.get("loaded", 0)),
+                      skipped=int(st["skipped"]), errors=[e for _, e in store.iter_records(run.id, "load_error")],
+                      reasons={k.removeprefix("skipped: "): int(v) for k, v in st.items() if k.startswith("skipped: ")})
+
+
 def _execute(kind: str, config: Config, inputs: dict[str, Any], store: Store, **services: Any) -> tuple[Run, float]:
     from tagsmith.runtime import execute
 
     started = time.perf_counter()
-    run, _ = asyncio.run(execute(kind, config, inputs, store=store, **services))
+    run, _ = run_sync(execute(kind, config, inputs, store=store, **services))
     return run, time.perf_counter() - started
+
+
+def _batch_inputs(source: Items, **params: Any) -> dict[str, Any]:
+    """A batch run's inputs: its source (options, files with sizes and mtimes), never its
+    records; a library call's list of items is kept on the run row (small inputs)."""
+    if isinstance(source, ItemSource):
+        source.check()  # a wrong field or format fails before a run exists
+        return {"source": source.fingerprint(), "params": params}
+    items = list(source)
+    if not items:
+        raise ConfigError("no items to work on")
+    return {"items": _id_text(items), **params}
 
 
 def _with(config: Config, section: str, **values: Any) -> Config:
@@ -184,10 +241,9 @@ def tag(source: Items, config: Config, *, vocab_run: str, store: Store | None = 
     """Assign in-vocabulary descriptors to every item with the vocabulary of ``vocab_run``."""
     with _StoreScope(config, store) as st:
         vocab_id = st.require_run(vocab_run, kind="vocab").id  # a wrong id fails before the items are read
-        items, report = _items(source)
-        run, seconds = _execute("tag", config, {"vocab_run": vocab_id, "items": _id_text(items)}, st,
-                                backend=backend, progress=progress, embed=embed, parent_run=vocab_id)
-    return RunResult(run, seconds, report)
+        run, seconds = _execute("tag", config, _batch_inputs(source, vocab_run=vocab_id), st, backend=backend,
+                                progress=progress, embed=embed, parent_run=vocab_id)
+        return RunResult(run, seconds, load_report(run, st))
 
 
 # -- data scoring ---------------------------------------------------------------------------------
@@ -195,11 +251,10 @@ def score(source: Items, config: Config, *, store: Store | None = None, backend:
           progress: Progress | None = None, embed: Embed | None = None) -> RunResult:
     """Ask-LLM P(yes) for every document and, unless ``pipeline.score.density`` is off, its
     density under an LSH sketch of MiniLM embeddings."""
-    items, report = _items(source)
     with _StoreScope(config, store) as st:
-        run, seconds = _execute("score", config, {"docs": _id_text(items)}, st, backend=backend,
+        run, seconds = _execute("score", config, _batch_inputs(source), st, backend=backend,
                                 progress=progress, embed=embed)
-    return RunResult(run, seconds, report)
+        return RunResult(run, seconds, load_report(run, st))
 
 
 def select(run_id: str, config: Config, *, method: Literal["askllm", "density", "random", "combined"],
@@ -252,7 +307,7 @@ def resume(run_id: str, config: Config, *, overrides: dict[str, Any] | None = No
         if run.status == "done":
             return RunResult(run, 0.0)
         started = time.perf_counter()
-        run, _ = asyncio.run(resume_run(run.id, config, overrides=overrides, store=st, backend=backend,
+        run, _ = run_sync(resume_run(run.id, config, overrides=overrides, store=st, backend=backend,
                                         progress=progress, embed=embed))
         return RunResult(run, time.perf_counter() - started)
 

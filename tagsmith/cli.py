@@ -14,7 +14,7 @@ import sys
 from tagsmith import __version__
 from tagsmith.commands import core, evolve, recsys, scoring, tagging
 from tagsmith.commands.common import common_parser
-from tagsmith.core.errors import BudgetExceeded, TagsmithError
+from tagsmith.core.errors import BudgetExceeded, Interrupted, TagsmithError
 
 COMMANDS = (core, tagging, evolve, scoring, recsys)  # modules with add_commands(subparsers, common)
 
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tagsmith: stopped: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:
+        if debug:
+            raise
+        print(f"tagsmith: {exc}; {_resume_hint()}", file=sys.stderr)
+        return exc.exit_code
     except TagsmithError as exc:
         if debug:
             raise
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("tagsmith: interrupted; `tagsmith resume RUN` continues the run", file=sys.stderr)
+        print(f"tagsmith: interrupted; {_resume_hint()}", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an unexpected failure: still one line
         if debug:
@@ -61,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tagsmith: error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _resume_hint() -> str:
+    runtime = sys.modules.get("tagsmith.runtime")  # loaded only if a run was started
+    run = getattr(runtime, "current_run", None)
+    return f"`tagsmith resume {run}` continues the run" if run else "`tagsmith resume RUN` continues the run"
 
 
 if __name__ == "__main__":  # pragma: no cover

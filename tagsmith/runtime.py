@@ -24,7 +24,6 @@ import asyncio
 import importlib
 import json
 import sqlite3
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ from tagsmith.agents.gateway import Backend, Gateway
 from tagsmith.core.config import Config, deep_merge, validate_config
 from tagsmith.core.errors import BudgetExceeded, ConfigError
 from tagsmith.pipelines.context import Embed, Pipeline, Progress, RunContext
+from tagsmith.store.checkpoints import open_checkpointer
 from tagsmith.store.db import Store, StoreError, describe_db_error
 from tagsmith.store.models import utcnow
 
@@ -64,19 +64,14 @@ def open_store(config: Config) -> Store:
     return Store(config.store.db, busy_timeout_ms=config.store.busy_timeout_ms)
 
 
-@asynccontextmanager
-async def checkpointer(config: Config, store: Store):
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+def checkpointer(config: Config, store: Store):
+    """LangGraph's checkpointer for the store (its own SQLite file unless
+    ``store.checkpoint_db`` names another)."""
+    path = config.store.checkpoint_db or store.path or ":memory:"
+    return open_checkpointer(path, busy_timeout_ms=config.store.busy_timeout_ms)
 
-    path = config.store.checkpoint_db or store.path
-    if path is None:
-        path = ":memory:"
-    async with AsyncSqliteSaver.from_conn_string(path) as saver:
-        conn = saver.conn
-        await conn.execute(f"PRAGMA busy_timeout={int(config.store.busy_timeout_ms)}")
-        if path != ":memory:":
-            await conn.execute("PRAGMA journal_mode=WAL")
-        yield saver
+
+current_run: str | None = None  # the run this process drives now (the CLI names it when stopped)
 
 
 def _graph_config(run_id: str) -> dict[str, Any]:
@@ -100,9 +95,12 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
     ctx = RunContext(run_id=run_id, store=store, gateway=gateway, config=config, progress=services.progress,
                      embed=services.embed)
     store.update_run(run_id, status="running", error=None)
+    global current_run
+    current_run = run_id
     try:
-        async with checkpointer(config, store) as saver:
-            graph = module.build_graph().compile(checkpointer=saver)
+        async with checkpointer(config, store) as checkpoints:
+            ctx.checkpoints = checkpoints
+            graph = module.build_graph().compile(checkpointer=checkpoints.saver)
             cfg = _graph_config(run_id)
             snapshot = await graph.aget_state(cfg)
             # ``next`` leaves out tasks whose writes were saved before a crash that came ahead
@@ -113,7 +111,9 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
                 start = inputs if not snapshot.values else None
                 if start is None and not snapshot.values:
                     start = json.loads(store.require_run(run_id).inputs_json)
-                state = await graph.ainvoke(start, cfg, context=ctx, durability="sync")
+                state = await graph.ainvoke(None if start is None else module.initial_state(start), cfg,
+                                            context=ctx, durability="sync")
+            await checkpoints.prune(run_id, keep=1)  # a finished run keeps its last checkpoint only
         metrics = module.finish(ctx, state)
         run = store.require_run(run_id)
         metrics = {**metrics, "llm_calls": run.calls, "cache_hits": run.cache_hits,
@@ -121,9 +121,10 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
                    "cost_usd": run.cost_usd}
         store.update_run(run_id, status="done", finished_at=utcnow(), metrics_json=json.dumps(metrics, default=float))
         return state
-    except (KeyboardInterrupt, Exception) as exc:
+    except (KeyboardInterrupt, asyncio.CancelledError, Exception) as exc:
+        # Ctrl-C and SIGTERM reach a run as the cancellation of its task (asyncio.run)
         status = ("budget" if isinstance(exc, BudgetExceeded) else
-                  "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+                  "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed")
         await _release_cancelled_tasks(exc)
         try:
             store.update_run(run_id, status=status, error=f"{type(exc).__name__}: {exc}"[:2000])

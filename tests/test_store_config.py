@@ -87,28 +87,35 @@ def test_a_failing_write_fails_alone_in_its_group(store):
     assert len(store.records(run.id, "item")) == 30
 
 
-def test_dialects_without_on_conflict_keep_the_same_semantics(store):
-    """Other SQLAlchemy databases have no INSERT ... ON CONFLICT: records are still
-    upserts and the first cached answer still wins, within one group too."""
-    store._has_upsert = False
-    run = store.create_run("probe", config={})
-    store.put_records(run.id, "item", [("a", {"v": 1}), ("b", {"v": 2})])
-    store.put_records(run.id, "item", [("a", {"v": 3})])
-    assert store.records(run.id, "item") == {"a": {"v": 3}, "b": {"v": 2}}
-    calls = [store._log_call_write({"run_id": run.id, "cache_key": "k", "prompt_tokens": 1, "error": None},
-                                   ("k", {"text": t})) for t in ("first", "second")]
-    store.transact_many(calls + [store._records_write(run.id, "item", [("b", {"v": 4}), ("b", {"v": 5})])])
-    assert store.cache_get("k") == {"text": "first"} and store.records(run.id, "item")["b"] == {"v": 5}
-    assert store.get_run(run.id).calls == 2 and len(store.calls(run.id)) == 2
+def test_other_databases_are_refused_at_start_with_one_line(tmp_path):
+    """The store needs INSERT ... ON CONFLICT and a LangGraph checkpointer: SQLite or
+    PostgreSQL. Anything else is refused before any connection is made."""
+    for url in ("mysql+pymysql://root@127.0.0.1/test", "mssql://x", "oracle://y"):
+        with pytest.raises(ConfigError, match=r"store\.db: (mysql|mssql|oracle) is not supported; use a SQLite path or a "
+                                              r"postgresql:// URL"):
+            Store(url)
 
 
-def test_pending_records_are_the_next_wave_without_reading_all(store):
+def test_the_next_wave_is_an_indexed_query_that_skips_what_is_done(store):
     run = store.create_run("tag", config={})
-    store.put_records(run.id, "item", [(str(i), {"text": f"t{i}"}) for i in range(10)])
-    store.put_records(run.id, "tag", [("0", {}), ("2", {}), ("3", {})])
-    assert [k for k, _ in store.pending_records(run.id, "item", "tag", 4)] == ["1", "4", "5", "6"]
-    assert store.pending_records(run.id, "item", "tag", 1) == [("1", {"text": "t1"})]
-    assert store.count_records(run.id, "item") == 10 and store.count_records(run.id, "tag") == 3
+    assert store.load_work(run.id, "item", [(str(i), {"text": f"t{i}"}) for i in range(10)],
+                           cursor={"file": 0, "records": 10, "exhausted": True}, stats={"loaded": 10}) == []
+    store.transact(store.work_write(run.id, "item", "tag", [("0", {}), ("2", {}), ("3", {})], [("5", {"x": 1})],
+                                    {"answers": 4}))
+    assert [k for k, _ in store.next_work(run.id, "item", 4)] == ["1", "4", "6", "7"]
+    assert store.next_work(run.id, "item", 1) == [("1", {"text": "t1"})]
+    assert store.count_work(run.id, "item", "pending") == 6 and store.count_work(run.id, "item", "pending", cap=2) == 2
+    assert store.count_work(run.id, "item", "failed") == 1 and store.stats(run.id) == {"loaded": 10, "answers": 4}
+    assert store.retry_failed(run.id, "item", max_attempts=2) == 1 and store.count_work(run.id, "item", "failed") == 0
+    # a second load of the same keys adds nothing and says which were there
+    assert store.load_work(run.id, "item", [("3", {"text": "again"}), ("10", {"text": "t10"})],
+                           cursor={"file": 0, "records": 12, "exhausted": True}) == ["3"]
+    assert store.cursor(run.id, "item")["records"] == 12
+    # SQLite answers the wave from the (run_id, kind, state, id) index: no scan of the run's records
+    q = store.next_work_query(run.id, "item", 64).compile(store.engine, compile_kwargs={"literal_binds": True})
+    with store.engine.connect() as conn:
+        plan = " | ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {q}").all())
+    assert "ix_run_record_work" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_run_prefix_lookup_and_missing_run(store):

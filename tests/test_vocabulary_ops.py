@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tagsmith.evaluators.vocab_metrics import agreement, entropy, redundancy, tag_metrics
+from tagsmith.evaluators.vocab_metrics import TagMetrics, agreement, entropy, tag_metrics
 from tagsmith.core.vocabulary import (Bounds, Descriptor, Edit, Facet, Vocabulary, apply_edits, change_rate, diff,
                                  normalise, slug)
 
@@ -106,6 +106,11 @@ def test_metrics_hand_computed():
     assert m["redundant_pair_share"] == 1.0  # comedy and dark always co-occur
     h, hn = entropy([3, 3, 0, 0, 0])
     assert h == pytest.approx(1.0) and hn == pytest.approx(1 / 2.321928, rel=1e-4)
-    assert redundancy({"a": ["x"], "b": ["y"]})["redundant_pair_share"] == 0.0
+    assert tag_metrics(v, {"a": ["comedy"], "b": ["dark"]})["redundant_pair_share"] == 0.0
+    # accumulated one item at a time, as for a million items: the same numbers
+    acc = TagMetrics(v)
+    for names in tags.values():
+        acc.add(names)
+    assert acc.result() == m
     assert agreement({"1": [["a", "b"], ["a"]], "2": [["c"], ["c"]]}) == pytest.approx((0.5 + 1.0) / 2)
     assert agreement({"1": [["a"]]}) is None
