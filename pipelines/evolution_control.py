@@ -7,7 +7,10 @@ that lower is better (``TaskConfig.normalised``); ``target`` is normalised the s
     >>> momentum(0.0, 0.6, beta=0.85)
     0.09
     >>> action_weights(A=[0.9, 0.2], i=1)   # island 1 lags: crossover with the leader wins
-    {'backtrack': 0.0, 'crossover': {0: 0.7}}
+    {'backtrack': 0.024, 'crossover': {0: 0.754}}
+
+(j* = 0 and sim = 1 - |0.2 - 0.9| = 0.3, so w_backtrack = 0 + 0.3 * 0.8 * 0.1 and
+w_cross(0) = 0.7 + 0.3 * 0.2 * 0.9; see :func:`action_weights`.)
 """
 
 from __future__ import annotations
