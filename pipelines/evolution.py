@@ -63,7 +63,10 @@ def _cfg(runtime: Runtime) -> EvolveConfig:
 def resolve_task(cfg: EvolveConfig) -> Task:
     from pathlib import Path
 
-    task = load_task(cfg.task) if Path(cfg.task).is_dir() else builtin_task(cfg.task, data_dir=cfg.data_dir)
+    if Path(cfg.task).is_dir():
+        task = load_task(cfg.task, data_dir=cfg.data_dir)
+    else:
+        task = builtin_task(cfg.task, data_dir=cfg.data_dir)
     if cfg.timeout_s:
         task.config.timeout_s = cfg.timeout_s
     if cfg.memory_mb:
