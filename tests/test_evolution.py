@@ -20,6 +20,7 @@ from tagsmith.core.config import load_config
 from tagsmith.runtime import execute
 from tagsmith.pipelines.evolution_control import (ControlConfig, absolute_progress, action_weights, choose_action, momentum,
                                      relative_progress, should_trigger, snapshot_index, tournament)
+from tagsmith.pipelines.evolution_models import Idea, PoolEntry
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -66,8 +67,8 @@ def test_snapshot_choice_favours_early_snapshots():
 
 
 def test_tournament_uses_normalised_scores():
-    pool = [{"cid": "a", "norm": -3.0}, {"cid": "b", "norm": -1.0}, {"cid": "c", "norm": 2.0}]
-    assert tournament(pool, random.Random(0), 3)["cid"] == "a"  # a max task's best has the lowest norm
+    pool = [PoolEntry(cid="a", norm=-3.0), PoolEntry(cid="b", norm=-1.0), PoolEntry(cid="c", norm=2.0)]
+    assert tournament(pool, random.Random(0), 3).cid == "a"  # a max task's best has the lowest norm
 
 
 # -- graph ----------------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def test_sigkill_evolution_then_resume(tmp_path):
 async def test_idea_cap_pruning_follows_the_model_then_the_code_rule():
     from tagsmith.pipelines.evolution import _prune
 
-    ideas = [{"id": f"I{n}", "status": s, "count": c, "description": f"idea {n}", "history": []}
+    ideas = [Idea(id=f"I{n}", status=s, count=c, description=f"idea {n}", history=[])
              for n, s, c in [(1, "validated", 5), (2, "invalidated", 4), (3, "in progress", 1),
                              (4, "new", 0), (5, "in progress", 3), (6, "new", 0), (7, "new", 0)]]
 
@@ -261,9 +262,9 @@ async def test_idea_cap_pruning_follows_the_model_then_the_code_rule():
 
     # the model's choice is applied, but the idea being worked on is never dropped
     kept = await _prune(Chooser(["I2", "I4", "I7"]), ideas, cap=5, keep="I7")
-    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6", "I7"]
+    assert [i.id for i in kept] == ["I1", "I3", "I5", "I6", "I7"]
     # the model drops too few: invalidated first, then the least tried; validated ideas stay
     chooser = Chooser([])
     kept = await _prune(chooser, ideas, cap=4, keep="I6")
     assert chooser.seen == (7, 4)
-    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6"]
+    assert [i.id for i in kept] == ["I1", "I3", "I5", "I6"]
