@@ -209,6 +209,36 @@ def test_evolve_cli_and_show(tmp_path, capsys):
     assert "island" in shown and "EVOLVE-BLOCK-START" in shown and plot.stat().st_size > 1000
 
 
+EXAMPLE = HERE / "data" / "evolve_task"  # the README's "Task folders" example
+
+
+def test_readme_task_folder_section_shows_the_tested_example():
+    import re
+
+    from tagsmith.evaluators.evo_tasks import _CONFIG_KEYS
+    from tagsmith.pipelines.evolution import SUMMARY_METRICS
+
+    readme = (HERE.parent / "README.md").read_text()
+    section = readme.split("\n## Task folders\n", 1)[1].split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"\*\*`([\w.]+)`\*\*\n\n```\w+\n(.*?)```", section, re.S))
+    assert blocks == {n: (EXAMPLE / n).read_text() for n in ("task.toml", "initial.py", "evaluator.py")}
+    assert set(re.findall(r"^  \| `(\w+)` \|", section, re.M)) == _CONFIG_KEYS  # every allowed key, no other
+    assert all(f"`{k}`" in section for k in SUMMARY_METRICS)
+
+
+def test_readme_task_folder_example_evolves(tmp_path, capsys):
+    from tagsmith.evaluators.evo_tasks import load_task, replace_block
+
+    db = str(tmp_path / "ex.db")
+    assert main(["evolve", str(EXAMPLE), "--proposer", "random", "--islands", "2", "--seed", "2", "--db", db,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "target reached" in out and "nmse_id" in out and "nmse_ood" in out
+    task = load_task(EXAMPLE)  # the {"error": ...} convention: status "invalid", the text as reason
+    r = task.evaluate(replace_block(task.initial_program, "def equation(x, params):\n    return np.exp(params[0] * x)\n"))
+    assert (r.ok, r.status) == (False, "invalid") and r.reason.startswith("equation(x, params) is not linear")
+
+
 def test_unknown_task_is_one_line(tmp_path, capsys):
     assert main(["evolve", "no-such-task", "--db", str(tmp_path / "x.db")]) == 2
     err = capsys.readouterr().err
