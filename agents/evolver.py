@@ -4,8 +4,9 @@ experiment), write the code change, repair a failed change, summarise a result i
 idea's history, condense a long history, and choose ideas to drop.
 
     proposer = LLMProposer(gateway, task)
-    plan = await proposer.ideate(ideas, parent_block, parent_score, rng)
-    program = await proposer.write(parent_program, idea_text, history, plan.experiment, parent_score)
+    plan = await proposer.ideate(ideas, parent_block, parent_score, rng)     # ideas: list[Idea]
+    program = await proposer.write(parent_program, idea.description, idea.history, plan.experiment,
+                                   parent_score, rng)
 
 ``agents/random_proposer.py`` implements the same interface without a model, so the search
 control can be measured apart from any LLM.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tagsmith.agents.gateway import Gateway
 from tagsmith.evaluators.evo_tasks import Task, apply_search_replace, extract_block, replace_block
@@ -24,6 +25,34 @@ from tagsmith.prompts import render
 
 PROMPTS = ("evolve_system", "evolve_ideate", "evolve_code", "evolve_repair", "evolve_summarize",
            "evolve_condense", "evolve_prune")
+
+
+IdeaStatus = Literal["new", "in progress", "validated", "invalidated"]
+
+
+class Idea(BaseModel):
+    """One entry of an island's idea memory (HCM): what the evolver is told about an idea
+    and what the search keeps about it. Lives here, beside the roles that read it, so that
+    both the evolution graph and the proposers (LLM or random) can import it.
+
+    >>> idea = Idea(id="I1", description="Sample more points.")
+    >>> idea.status, idea.count, idea.history
+    ('new', 0, [])
+    >>> idea.history = ["more samples -> score -1.2", "a grid first -> score -1.5"]
+    >>> print(render_ideas([idea], last=1))
+    I1 [new, 0 experiments] Sample more points.
+        - a grid first -> score -1.5
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    id: str  # "I<n>", numbered per island
+    description: str  # at most a few sentences; a hypothesis may rewrite it
+    history: list[str] = Field(default_factory=list)  # one bullet per experiment, condensed now and then
+    count: int = 0  # experiments run on it
+    status: IdeaStatus = "new"
+    best: float | None = None  # the best normalised score it reached (lower is better)
+    born: str = ""  # the step that opened it (g<gen>-i<island>)
 
 
 class Hypothesis(BaseModel):
@@ -59,13 +88,13 @@ class EditFailed(ValueError):
     """A proposed change could not be applied; the message goes to the repair turn."""
 
 
-def render_ideas(ideas: list[dict], last: int = 2) -> str:
+def render_ideas(ideas: list[Idea], last: int = 2) -> str:
     if not ideas:
         return "(none yet)"
     lines = []
     for i in ideas:
-        lines.append(f"{i['id']} [{i['status']}, {i['count']} experiments] {i['description']}")
-        lines += [f"    - {b}" for b in i["history"][-last:]]
+        lines.append(f"{i.id} [{i.status}, {i.count} experiments] {i.description}")
+        lines += [f"    - {b}" for b in i.history[-last:]]
     return "\n".join(lines)
 
 
@@ -82,13 +111,13 @@ def apply_edit(program: str, edit: CodeEdit) -> str:
 
 
 class Proposer(Protocol):
-    async def ideate(self, ideas: list[dict], parent_block: str, parent_score: str, rng: random.Random) -> Ideation: ...
+    async def ideate(self, ideas: list[Idea], parent_block: str, parent_score: str, rng: random.Random) -> Ideation: ...
     async def write(self, parent_program: str, idea: str, history: list[str], experiment: str,
                     parent_score: str, rng: random.Random) -> str: ...
     async def repair(self, program: str, error: str, rng: random.Random) -> str: ...
     async def summarize(self, idea: str, experiment: str, outcome: str) -> list[str]: ...
     async def condense(self, idea: str, history: list[str]) -> str: ...
-    async def prune(self, ideas: list[dict], cap: int) -> list[str]: ...
+    async def prune(self, ideas: list[Idea], cap: int) -> list[str]: ...
     def crossover(self, own_program: str, partner_program: str, rng: random.Random) -> str | None: ...
 
 
@@ -141,8 +170,7 @@ class LLMProposer:
                                  Condensed, "condense", max_tokens=200)).summary
 
     async def prune(self, ideas, cap):
-        lines = "\n".join(f"{i['id']} [{i['status']}, {i['count']}, best {i.get('best')}] {i['description']}"
-                          for i in ideas)
+        lines = "\n".join(f"{i.id} [{i.status}, {i.count}, best {i.best}] {i.description}" for i in ideas)
         return (await self._call(render("evolve_prune", cap=cap, ideas=lines), PruneChoice, "prune",
                                  max_tokens=200)).drop
 

@@ -67,7 +67,7 @@ class RandomExprProposer:
 
     async def ideate(self, ideas, parent_block, parent_score, rng):
         kind = rng.choice(sorted(KINDS))
-        existing = next((i["id"] for i in ideas if i["description"] == KINDS[kind]), "new")
+        existing = next((i.id for i in ideas if i.description == KINDS[kind]), "new")
         return Ideation(hypotheses=[Hypothesis(text=KINDS[kind], idea=existing, description=KINDS[kind])],
                         selected=0, experiment=kind)
 

@@ -143,7 +143,7 @@ class EvolveConfig(_Section):
     """pipeline.evolve section."""
 
     task: str = "funcmin"  # a built-in task name or a task folder
-    data_dir: str | None = None  # LLM-SR data (default: $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr)
+    data_dir: str | None = None  # passed to the task's evaluator; LLM-SR default: $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr
     islands: int = Field(default=4, ge=1)
     budget: int | None = Field(default=None, ge=1)  # evaluations; default: the task's
     workers: int = Field(default=2, ge=1)  # sandboxed evaluations in parallel

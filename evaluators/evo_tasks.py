@@ -17,14 +17,18 @@ The evolvable region is the lines strictly between a line ``# EVOLVE-BLOCK-START
 line ``# EVOLVE-BLOCK-END`` (exactly one region per program). Edits from the LLM arrive as
 SEARCH/REPLACE blocks and are applied only inside that region.
 
-Evaluator protocol (built-in tasks and task folders alike): ``evaluate(program_path)`` runs
-inside the sandbox, imports the program and returns a dict of metrics that holds the
-config's ``metric``. A dict with a non-empty ``"error"`` entry means the program ran but
-its output is invalid (e.g. overlapping circles): the result fails with status
-``"invalid"`` and that text as reason. An exception anywhere (program or evaluator) fails
-with the sandbox's status (``"error"``, ``"timeout"``, ``"memory"``...).
+Every task is a folder (the README's "Task folders" section is the contract):
+``task.toml`` (metric, direction, target...), ``initial.py`` (the program, one evolvable
+region) and ``evaluator.py``, whose ``evaluate(program_path)`` runs inside the sandbox,
+imports the program and returns a dict of metrics that holds the config's ``metric``. A
+dict with a non-empty ``"error"`` entry means the program ran but its output is invalid
+(e.g. overlapping circles): the result fails with status ``"invalid"`` and that text as
+reason. An exception anywhere (program or evaluator) fails with the sandbox's status
+(``"error"``, ``"timeout"``, ``"memory"``...). With a data folder (``--data-dir``) the
+evaluator is called as ``evaluate(program_path, data_dir=...)``.
 
-Built-in tasks:
+Built-in tasks are such folders, shipped in ``evaluators/tasks/`` and loaded by the same
+:func:`load_task`:
 
 * ``llmsr-oscillator1``, ``llmsr-oscillator2``, ``llmsr-bactgrow`` - LLM-SR symbolic
   regression (see /work/shared/data/llmsr/README.md). The program defines
@@ -32,10 +36,11 @@ Built-in tasks:
   ``scipy.optimize.minimize(loss, np.ones(10), method="BFGS")`` on train.csv. Score: the
   fitted training MSE (min). Metrics add NMSE = MSE / var(y) on train, test_id and
   test_ood (with the fitted params) and their log10. Target: the training MSE that equals
-  NMSE 1e-8 (``1e-8 * var(y_train)``), about PACEvolve's best reported log10 NMSE (-8.24);
-  it is a scale for progress, not a promise that it is reachable (bactgrow's best
-  published NMSE is ~3e-3). Data: ``data_dir`` argument, else ``$TAGSMITH_LLMSR_DATA``,
-  else ``../shared/data/llmsr`` beside the repository, else ConfigError.
+  NMSE 1e-8 (``1e-8 * var(y_train)``, written in each task.toml), about PACEvolve's best
+  reported log10 NMSE (-8.24); it is a scale for progress, not a promise that it is
+  reachable (bactgrow's best published NMSE is ~3e-3). Data: ``data_dir`` argument, else
+  ``$TAGSMITH_LLMSR_DATA``, else ``../shared/data/llmsr`` beside the repository, else
+  ConfigError; the evaluators share their fit (``tasks/llmsr_fit.py``).
 * ``funcmin`` - ``search_algorithm()`` returns (x, y); score f(x, y) =
   sin x cos y + sin(xy) + (x^2 + y^2)/20 (min); target -1.519 (near (-1.704, 0.678)).
 * ``circle-packing`` - ``construct_packing()`` returns 26 centers and radii in the unit
@@ -51,7 +56,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
@@ -60,14 +65,12 @@ from tagsmith.evaluators.sandbox import (SandboxLimits, SandboxPool, SandboxResu
                                          arun_in_sandbox, run_in_sandbox)
 
 __all__ = ["TaskConfig", "Task", "EvalResult", "builtin_task", "load_task", "extract_block",
-           "replace_block", "apply_search_replace", "llmsr_data_dir", "BUILTIN_TASKS",
+           "replace_block", "apply_search_replace", "llmsr_data_dir", "BUILTIN_TASKS", "TASKS_DIR",
            "EVOLVE_START", "EVOLVE_END"]
 
 EVOLVE_START = "# EVOLVE-BLOCK-START"
 EVOLVE_END = "# EVOLVE-BLOCK-END"
 LLMSR_ENV = "TAGSMITH_LLMSR_DATA"
-LLMSR_MAX_PARAMS = 10
-LLMSR_TARGET_NMSE = 1e-8
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -334,218 +337,12 @@ def apply_search_replace(program: str, diff_text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Evaluator code that runs inside the sandbox. Plain strings: the sandbox imports nothing
-# from tagsmith, so these must be self-contained.
+# Built-in tasks: task folders shipped as package data, in the format users write.
 
-_LOAD_PROGRAM = '''
-import importlib.util
-import os
-import sys
-
-
-def _load_program(path):
-    spec = importlib.util.spec_from_file_location("program", os.path.abspath(path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["program"] = module
-    spec.loader.exec_module(module)
-    return module
-'''
-
-_LLMSR_EVALUATOR = _LOAD_PROGRAM + '''
-import warnings
-
-import numpy as np
-
-
-def _load(data_dir, problem, split):
-    data = np.loadtxt(os.path.join(data_dir, problem, split + ".csv"), delimiter=",", skiprows=1)
-    return data[:, :-1], data[:, -1]
-
-
-def evaluate(program_path, data_dir, problem, max_params=10):
-    from scipy.optimize import minimize
-
-    equation = getattr(_load_program(program_path), "equation", None)
-    if not callable(equation):
-        return {"error": "the program defines no function equation(...)"}
-    X, y = _load(data_dir, problem, "train")
-
-    def predict(X, params):
-        pred = np.asarray(equation(*X.T, params), dtype=float)
-        # A (n, 1) prediction would broadcast against y into an n x n matrix: refuse it.
-        if pred.shape not in ((), (len(X),)):
-            raise ValueError("equation returned shape %s; expected (%d,)" % (pred.shape, len(X)))
-        return np.broadcast_to(pred, (len(X),))
-
-    predict(X, np.ones(max_params))  # fail fast, with the program's own exception
-
-    def loss(params):
-        with np.errstate(all="ignore"):
-            return float(np.mean((predict(X, params) - y) ** 2))
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = minimize(loss, np.ones(max_params), method="BFGS")
-    params = fit.x
-    mse = loss(params)
-    if not np.isfinite(mse):
-        return {"error": "the fitted training MSE is not finite (%s)" % mse}
-    metrics = {"mse": mse, "nmse_train": mse / float(np.var(y)), "params": params.tolist(),
-               "bfgs_iterations": int(fit.nit)}
-    for split, key in (("test_id", "id"), ("test_ood", "ood")):
-        Xs, ys = _load(data_dir, problem, split)
-        with np.errstate(all="ignore"):
-            nmse = float(np.mean((predict(Xs, params) - ys) ** 2) / np.var(ys))
-        metrics["nmse_" + key] = nmse
-    for key in ("train", "id", "ood"):
-        v = metrics["nmse_" + key]
-        # Floor at 1e-300 so an exact fit reads -300, not -inf; NaN/inf stay as they are.
-        metrics["log10_nmse_" + key] = float(np.log10(max(v, 1e-300))) if np.isfinite(v) else v
-    return metrics
-'''
-
-_FUNCMIN_EVALUATOR = _LOAD_PROGRAM + '''
-import math
-
-
-def f(x, y):
-    return math.sin(x) * math.cos(y) + math.sin(x * y) + (x * x + y * y) / 20.0
-
-
-def evaluate(program_path):
-    out = _load_program(program_path).search_algorithm()
-    try:
-        x, y = float(out[0]), float(out[1])  # (x, y) or (x, y, value): the value is recomputed
-    except (TypeError, ValueError, IndexError) as exc:
-        return {"error": "search_algorithm() must return (x, y) numbers: %s" % exc}
-    if not (math.isfinite(x) and math.isfinite(y)):
-        return {"error": "search_algorithm() returned a non-finite point (%r, %r)" % (x, y)}
-    return {"value": f(x, y), "x": x, "y": y,
-            "distance_to_optimum": math.hypot(x + 1.704, y - 0.678)}
-'''
-
-_CIRCLES_EVALUATOR = _LOAD_PROGRAM + '''
-import numpy as np
-
-
-def evaluate(program_path, n=26, tol=1e-9):
-    out = _load_program(program_path).construct_packing()
-    if not isinstance(out, (tuple, list)) or len(out) < 2:
-        return {"error": "construct_packing() must return (centers, radii)"}
-    try:
-        centers = np.asarray(out[0], dtype=float)
-        radii = np.asarray(out[1], dtype=float)
-    except (TypeError, ValueError) as exc:
-        return {"error": "centers and radii must be numeric arrays: %s" % exc}
-    if centers.shape != (n, 2) or radii.shape != (n,):
-        return {"error": "expected centers of shape (%d, 2) and radii of shape (%d,), got %s and %s"
-                % (n, n, centers.shape, radii.shape)}
-    if not (np.isfinite(centers).all() and np.isfinite(radii).all()):
-        return {"error": "centers or radii hold NaN or infinity"}
-    total = float(radii.sum())
-    bad = np.flatnonzero(radii < 0)
-    if bad.size:
-        return {"error": "circle %d has a negative radius %.3g" % (bad[0], radii[bad[0]]),
-                "sum_radii": total}
-    # How far each circle sticks out of [0, 1]^2 (positive = outside).
-    out_by = np.max(np.stack([radii - centers[:, 0], centers[:, 0] + radii - 1,
-                              radii - centers[:, 1], centers[:, 1] + radii - 1]), axis=0)
-    i = int(np.argmax(out_by))
-    if out_by[i] > tol:
-        return {"error": "circle %d (center (%.6g, %.6g), radius %.6g) is outside the unit square by %.3g"
-                % (i, centers[i, 0], centers[i, 1], radii[i], out_by[i]), "sum_radii": total}
-    gap = np.linalg.norm(centers[:, None, :] - centers[None, :, :], axis=-1) - (radii[:, None] + radii[None, :])
-    gap[np.diag_indices(n)] = np.inf
-    i, j = np.unravel_index(int(np.argmin(gap)), gap.shape)
-    if gap[i, j] < -tol:
-        return {"error": "circles %d and %d overlap by %.3g" % (min(i, j), max(i, j), -gap[i, j]),
-                "sum_radii": total}
-    return {"sum_radii": total, "min_radius": float(radii.min()), "max_radius": float(radii.max()),
-            "min_gap": float(gap.min()), "target_ratio": total / 2.635}
-'''
-
-# --------------------------------------------------------------------------------------
-# Initial programs.
-
-_LLMSR_PROBLEMS: dict[str, dict[str, Any]] = {
-    "oscillator1": {
-        "inputs": ["x", "v"],
-        "doc": "Acceleration of a damped nonlinear oscillator with a driving force.",
-        "args_doc": "x: position, v: velocity",
-        "initial": "params[0] * x + params[1] * v + params[2]",
-    },
-    "oscillator2": {
-        "inputs": ["t", "x", "v"],
-        "doc": "Acceleration of a damped nonlinear oscillator.",
-        "args_doc": "t: time, x: position, v: velocity",
-        "initial": "params[0] * t + params[1] * x + params[2] * v + params[3]",
-    },
-    "bactgrow": {
-        "inputs": ["b", "s", "temp", "pH"],
-        "doc": "E. coli population growth rate.",
-        "args_doc": "b: population density, s: substrate concentration, temp: temperature, pH: pH",
-        "initial": "params[0] * b + params[1] * s + params[2] * temp + params[3] * pH + params[4]",
-    },
-}
-
-
-def _llmsr_program(problem: str) -> str:
-    p = _LLMSR_PROBLEMS[problem]
-    sig = ", ".join(p["inputs"])
-    return f'''import numpy as np
-
-
-# EVOLVE-BLOCK-START
-def equation({sig}, params):
-    """{p["doc"]}
-
-    {p["args_doc"]} (numpy arrays of equal length); params: {LLMSR_MAX_PARAMS} constants
-    fitted by the evaluator (BFGS from all ones). Returns the predicted target array.
-    """
-    return {p["initial"]}
-# EVOLVE-BLOCK-END
-'''
-
-
-_FUNCMIN_PROGRAM = '''import numpy as np
-
-
-# EVOLVE-BLOCK-START
-def search_algorithm(iterations=50, bounds=(-5.0, 5.0)):
-    """Random search: sample points uniformly in the box, keep the best. Returns (x, y)."""
-    rng = np.random.default_rng()
-    best_x, best_y = rng.uniform(bounds[0], bounds[1], size=2)
-    best_value = evaluate_function(best_x, best_y)
-    for _ in range(iterations):
-        x, y = rng.uniform(bounds[0], bounds[1], size=2)
-        value = evaluate_function(x, y)
-        if value < best_value:
-            best_x, best_y, best_value = x, y, value
-    return best_x, best_y
-# EVOLVE-BLOCK-END
-
-
-def evaluate_function(x, y):
-    """The function to minimise (the evaluator computes it itself)."""
-    return np.sin(x) * np.cos(y) + np.sin(x * y) + (x ** 2 + y ** 2) / 20
-'''
-
-_CIRCLES_PROGRAM = '''import numpy as np
-
-
-# EVOLVE-BLOCK-START
-def construct_packing():
-    """Place 26 circles in the unit square: a 6 x 5 grid of equal circles, first 26 cells.
-    Returns (centers, radii): arrays of shape (26, 2) and (26,)."""
-    n, cols, rows = 26, 6, 5
-    r = min(1 / (2 * cols), 1 / (2 * rows))
-    centers = [((c + 0.5) / cols, (k + 0.5) / rows) for k in range(rows) for c in range(cols)][:n]
-    return np.array(centers), np.full(n, r)
-# EVOLVE-BLOCK-END
-'''
-
+TASKS_DIR = Path(__file__).resolve().with_name("tasks")
 BUILTIN_TASKS = ("llmsr-oscillator1", "llmsr-oscillator2", "llmsr-bactgrow", "funcmin",
                  "circle-packing")
+LLMSR_SPLITS = ("train", "test_id", "test_ood")
 
 
 def llmsr_data_dir(data_dir: str | os.PathLike | None = None, *,
@@ -574,64 +371,38 @@ def llmsr_data_dir(data_dir: str | os.PathLike | None = None, *,
                       "each with train.csv, test_id.csv and test_ood.csv")
 
 
-def _llmsr_task(problem: str, data_dir: str | os.PathLike | None) -> Task:
-    import numpy as np  # only here: the other tasks need no numpy in this process
-
-    root = llmsr_data_dir(data_dir)
-    missing = [s for s in ("train", "test_id", "test_ood") if not (root / problem / f"{s}.csv").is_file()]
-    if missing:
-        raise ConfigError(f"LLM-SR data folder {root / problem} lacks {', '.join(s + '.csv' for s in missing)}")
-    y = np.loadtxt(root / problem / "train.csv", delimiter=",", skiprows=1, usecols=-1)
-    p = _LLMSR_PROBLEMS[problem]
-    config = TaskConfig(name=f"llmsr-{problem}", metric="mse", direction="min",
-                        target=float(LLMSR_TARGET_NMSE * np.var(y)))
-    description = (
-        f"Symbolic regression (LLM-SR, problem {problem}): {p['doc']} Improve the Python "
-        f"function equation({', '.join(p['inputs'])}, params) so that it predicts the target from "
-        f"{p['args_doc']}. Inputs are numpy arrays; use numpy operations. params holds "
-        f"{LLMSR_MAX_PARAMS} free constants that the evaluator fits with BFGS on the training data, "
-        "so write the structure of the equation, not numeric values. Score: the training MSE "
-        "after fitting (lower is better); out-of-domain error is reported too, so prefer "
-        "physically meaningful terms over curve fitting.")
-    return Task(config, _llmsr_program(problem), description, _LLMSR_EVALUATOR,
-                {"data_dir": str(root), "problem": problem, "max_params": LLMSR_MAX_PARAMS})
-
-
-def builtin_task(name: str, data_dir: str | None = None) -> Task:
-    """One of :data:`BUILTIN_TASKS`. ``data_dir`` is only used by the LLM-SR tasks.
+def builtin_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
+    """One of :data:`BUILTIN_TASKS`, loaded from its folder under :data:`TASKS_DIR` by
+    :func:`load_task`. ``data_dir`` is only used by the LLM-SR tasks (see
+    :func:`llmsr_data_dir`); their evaluators receive the resolved folder.
 
     >>> builtin_task("circle-packing").config.target
     2.635
+    >>> (TASKS_DIR / "circle-packing" / "task.toml").is_file()
+    True
     """
-    if name.startswith("llmsr-") and name[len("llmsr-"):] in _LLMSR_PROBLEMS:
-        return _llmsr_task(name[len("llmsr-"):], data_dir)
-    if name == "funcmin":
-        return Task(TaskConfig("funcmin", "value", "min", target=-1.519), _FUNCMIN_PROGRAM,
-                    "Find the global minimum of f(x, y) = sin(x)cos(y) + sin(xy) + (x^2 + y^2)/20. "
-                    "Improve search_algorithm() (a random search today) so that it returns the (x, y) "
-                    "with the lowest f it can find, reliably, within a few seconds. Score: f at the "
-                    "returned point (lower is better).", _FUNCMIN_EVALUATOR)
-    if name == "circle-packing":
-        return Task(TaskConfig("circle-packing", "sum_radii", "max", target=2.635), _CIRCLES_PROGRAM,
-                    "Pack 26 non-overlapping circles inside the unit square so that the sum of "
-                    "their radii is as large as possible. construct_packing() returns centers "
-                    "(26 x 2) and radii (26,); every circle must lie inside [0, 1]^2 and no two may "
-                    "overlap (tolerance 1e-9), otherwise the packing is rejected. Score: the sum "
-                    "of radii (higher is better; the best known is about 2.635).",
-                    _CIRCLES_EVALUATOR)
-    raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+    if name not in BUILTIN_TASKS:
+        raise ConfigError(f"unknown task {name!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}")
+    if not name.startswith("llmsr-"):
+        return load_task(TASKS_DIR / name)
+    problem = name[len("llmsr-"):]
+    root = llmsr_data_dir(data_dir)
+    missing = [s for s in LLMSR_SPLITS if not (root / problem / f"{s}.csv").is_file()]
+    if missing:
+        raise ConfigError(f"LLM-SR data folder {root / problem} lacks {', '.join(s + '.csv' for s in missing)}")
+    return load_task(TASKS_DIR / name, data_dir=root)
 
 
 # --------------------------------------------------------------------------------------
 # Task folders.
 
-_TASK_SHIM = '''
+_TASK_SHIM = """
 import importlib.util
 import os
 import sys
 
 
-def evaluate(program_path, evaluator_path):
+def evaluate(program_path, evaluator_path, data_dir=None):
     # The task's evaluator stays in its folder, so it can find its own data beside __file__.
     sys.path.insert(0, os.path.dirname(evaluator_path))
     spec = importlib.util.spec_from_file_location("task_evaluator", evaluator_path)
@@ -640,16 +411,26 @@ def evaluate(program_path, evaluator_path):
     spec.loader.exec_module(module)
     if not callable(getattr(module, "evaluate", None)):
         raise AttributeError("evaluator.py defines no function evaluate(program_path)")
-    return module.evaluate(os.path.abspath(program_path))
-'''
+    if data_dir is None:
+        return module.evaluate(os.path.abspath(program_path))
+    import inspect
+
+    params = inspect.signature(module.evaluate).parameters
+    if "data_dir" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise TypeError("a data folder was given (--data-dir) but evaluator.py's evaluate() "
+                        "takes no data_dir argument")
+    return module.evaluate(os.path.abspath(program_path), data_dir=data_dir)
+"""
 
 _CONFIG_KEYS = {"name", "metric", "direction", "target", "budget", "timeout_s", "memory_mb",
                 "description"}
 
 
-def load_task(folder: str | os.PathLike) -> Task:
+def load_task(folder: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Task:
     """A task from a folder holding ``task.toml`` (or ``task.yaml``), ``initial.py`` and
-    ``evaluator.py`` (``evaluate(program_path) -> dict`` holding the metric).
+    ``evaluator.py`` (``evaluate(program_path) -> dict`` holding the metric). With
+    ``data_dir`` (``--data-dir``), the evaluator is called as
+    ``evaluate(program_path, data_dir=<that folder, absolute>)``.
 
     task.toml::
 
@@ -659,6 +440,12 @@ def load_task(folder: str | os.PathLike) -> Task:
         target = 0.0
         budget = 50                 # optional, like timeout_s and memory_mb
         description = "Make f return values close to zero."   # or a description.md file
+
+    The built-in tasks are folders in this format (:data:`TASKS_DIR`):
+
+    >>> task = load_task(TASKS_DIR / "funcmin")
+    >>> task.config.name, task.config.metric, "def search_algorithm" in extract_block(task.initial_program)
+    ('funcmin', 'value', True)
     """
     root = Path(folder)
     if not root.is_dir():
@@ -702,5 +489,10 @@ def load_task(folder: str | os.PathLike) -> Task:
     if description is None:
         better = "lower" if config.direction == "min" else "higher"
         description = f"Improve the program so that its {config.metric} is {better}."
-    return Task(config, initial, str(description), _TASK_SHIM,
-                {"evaluator_path": str((root / "evaluator.py").resolve())})
+    args = {"evaluator_path": str((root / "evaluator.py").resolve())}
+    if data_dir is not None:
+        data = Path(data_dir).expanduser()
+        if not data.is_dir():
+            raise ConfigError(f"task {config.name}: data folder {data} does not exist")
+        args["data_dir"] = str(data.resolve())
+    return Task(config, initial, str(description), _TASK_SHIM, args)

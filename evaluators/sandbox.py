@@ -18,7 +18,8 @@ How one evaluation runs (process tree)::
                         └── worker (own process group W; runs the candidate)
                               └── whatever the candidate spawns
 
-* The **supervisor** is a small trusted script. It sets the resource limits on itself
+* The **supervisor** is a small trusted script (``sandbox_runner.py``, run as a file
+  with the sandbox's folder as argument). It sets the resource limits on itself
   (the worker inherits them), marks itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``)
   so that every orphaned descendant of the candidate is re-parented to it rather than to
   PID 1, forks the worker and enforces the wall-clock timeout with ``sigtimedwait``. When
@@ -78,7 +79,9 @@ STATUSES = ("ok", "timeout", "crash", "memory", "error", "output_limit", "killed
 # this process kills it by force. Also how long a stop request (cancel, output cap) waits.
 _GRACE_S = 3.0
 _READ_CHUNK = 65536
-_BOX = "_sandbox"  # internal folder inside the temp dir (runner, spec, result files)
+_BOX = "_sandbox"  # internal folder inside the temp dir (candidate, spec, result files)
+# The supervisor + worker, run as a file (stdlib only, imports nothing from tagsmith).
+RUNNER = Path(__file__).with_name("sandbox_runner.py")
 
 
 @dataclass
@@ -119,295 +122,6 @@ class SandboxResult:
 
 
 # --------------------------------------------------------------------------------------
-# The supervisor + worker script, written into each sandbox and run as a file.
-# It only uses the standard library, and must not import anything from tagsmith.
-_RUNNER = r'''
-import ctypes, json, math, os, resource, signal, sys, time, traceback
-
-BOX = os.path.dirname(os.path.abspath(__file__))
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
-SIGS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-MEMORY_RESULT = b'{"kind": "memory", "type": "MemoryError", "message": ""}'
-
-
-def prctl(option, arg):
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, arg, 0, 0, 0) == 0
-    except Exception:
-        return False
-
-
-def proc_stats():
-    """Yield (pid, ppid, pgrp, session) for every process we can see in /proc (lazily,
-    so that callers can stop early: under a fork bomb /proc holds tens of thousands)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces
-        try:
-            yield int(name), int(rest[1]), int(rest[2]), int(rest[3])
-        except (IndexError, ValueError):
-            continue
-
-
-def limit(which, soft, hard):
-    # Never ask for more than the hard limit we inherited (that would raise ValueError).
-    cur = resource.getrlimit(which)[1]
-    if cur != resource.RLIM_INFINITY:
-        soft, hard = min(soft, cur), min(hard, cur)
-    resource.setrlimit(which, (soft, hard))
-
-
-def set_limits(lim):
-    mb = 1024 * 1024
-    limit(resource.RLIMIT_CORE, 0, 0)
-    limit(resource.RLIMIT_AS, lim["memory_mb"] * mb, lim["memory_mb"] * mb)
-    # Soft limit -> SIGXCPU (reported as a timeout); hard limit one second later -> SIGKILL.
-    limit(resource.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
-    limit(resource.RLIMIT_FSIZE, lim["max_file_mb"] * mb, lim["max_file_mb"] * mb)
-
-
-def set_nproc(max_processes):
-    if max_processes is None or os.getuid() == 0:
-        return  # root is exempt from RLIMIT_NPROC; the supervisor's count still applies
-    uid = os.getuid()
-    threads = 0
-    for pid, *_ in proc_stats():
-        try:
-            if os.stat("/proc/%d" % pid).st_uid == uid:
-                with open("/proc/%d/status" % pid) as f:
-                    for line in f:
-                        if line.startswith("Threads:"):
-                            threads += int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    try:
-        n = threads + max_processes
-        resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
-    except (ValueError, OSError):
-        pass
-
-
-def encode(obj):
-    """JSON-ready copy of a return value; non-finite floats become {"__float__": "nan"}."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return float(obj) if math.isfinite(obj) else {"__float__": repr(float(obj))}
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
-                raise TypeError("result has a dict key of type %s; JSON keys must be strings"
-                                % type(k).__name__)
-            out[k if isinstance(k, str) else str(k)] = encode(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [encode(v) for v in obj]
-    if type(obj).__module__.split(".")[0] == "numpy" and hasattr(obj, "tolist"):
-        return encode(obj.tolist())  # arrays and numpy scalars
-    raise TypeError("result contains a value of type %s, which is not JSON-serialisable"
-                    % type(obj).__name__)
-
-
-WORKER = None  # the worker's pid; forked copies of it must not write a result
-
-
-def write_result(payload):
-    if os.getpid() != WORKER:
-        return  # a candidate's fork() child that returned from the entry function too
-    tmp = os.path.join(BOX, "result.json.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, os.path.join(BOX, "result.json"))  # atomic: the parent never reads half
-
-
-def one_line(exc):
-    msg = " ".join(str(exc).split())
-    if len(msg) > 500:
-        msg = msg[:497] + "..."
-    return msg
-
-
-def worker(spec, supervisor_pid):
-    global WORKER
-    WORKER = os.getpid()
-    code = 0
-    try:
-        os.setpgid(0, 0)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
-            os._exit(70)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGS)
-        set_nproc(spec["limits"]["max_processes"])
-        sys.path.insert(0, os.getcwd())  # -I leaves the script dir off sys.path; user files live in cwd
-        try:
-            import importlib.util
-            modspec = importlib.util.spec_from_file_location("candidate", os.path.join(BOX, "candidate.py"))
-            module = importlib.util.module_from_spec(modspec)
-            sys.modules["candidate"] = module  # dataclasses and pickling look the module up
-            modspec.loader.exec_module(module)
-            fn = getattr(module, spec["entry"], None)
-            if fn is None or not callable(fn):
-                raise AttributeError("the program defines no function %r" % spec["entry"])
-            value = fn(**spec["args"])
-            payload = json.dumps({"kind": "ok", "value": encode(value)}, allow_nan=False).encode()
-            write_result(payload)
-        except MemoryError:
-            write_result(MEMORY_RESULT)  # pre-built: formatting anything now may fail again
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt from the candidate too
-            try:  # the candidate's frames only: the runner's own are noise in a repair prompt
-                tb = exc.__traceback__
-                while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-                    tb = tb.tb_next
-                traceback.print_exception(type(exc), exc, tb)
-            except BaseException:
-                pass
-            write_result(json.dumps({"kind": "error", "type": type(exc).__name__,
-                                     "message": one_line(exc)}).encode())
-    except MemoryError:
-        try:
-            write_result(MEMORY_RESULT)
-        except BaseException:
-            code = 72
-    except BaseException:
-        code = 71
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        os._exit(code)  # never run interpreter shutdown: candidate threads could hang it
-
-
-def sweep(worker_pgid, deadline):
-    """Kill the worker's group and every child (orphans are re-parented to us), reap all.
-
-    killpg first: it reaches the whole group in one atomic step, which is what stops a
-    fork bomb (a process with a pending SIGKILL cannot fork); /proc scans come after,
-    only for processes that left the group (setpgid/setsid) and got re-parented to us."""
-    me = os.getpid()
-    while True:
-        try:
-            os.killpg(worker_pgid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            return True  # no child left at all
-        if time.monotonic() > deadline:
-            return False
-        for pid, ppid, _, _ in proc_stats():
-            if ppid == me:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        time.sleep(0.005)
-
-
-def too_many(session, me, limit, deadline):
-    """True once more than `limit` processes of our session exist (stops counting early)."""
-    n = 0
-    for pid, _, _, sid in proc_stats():
-        if sid == session and pid != me:
-            n += 1
-            if n > limit:
-                return True
-        if time.monotonic() > deadline:
-            return False  # the wall clock wins; the caller kills anyway
-    return False
-
-
-def main():
-    with open(os.path.join(BOX, "spec.json")) as f:
-        spec = json.load(f)
-    lim = spec["limits"]
-    parent = os.getppid()
-    set_limits(lim)
-    subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGS)
-    me = os.getpid()
-    session = os.getsid(0)
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        worker(spec, me)
-    try:
-        os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
-    except OSError:
-        pass
-    with open(os.path.join(BOX, "worker.pid"), "w") as f:
-        f.write(str(pid))  # for the parent's forced kill, should we ever stop responding
-    deadline = t0 + lim["timeout_s"]
-    poll = 0.1 if lim["max_processes"] is not None else None
-    wait_status, ended, note = None, "exited", ""
-    while wait_status is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            ended = "timeout"
-            break
-        info = signal.sigtimedwait(SIGS, remaining if poll is None else min(remaining, poll))
-        if info is None:
-            if poll is not None and too_many(session, me, lim["max_processes"], deadline):
-                ended, note = "processes", "spawned more than %d processes" % lim["max_processes"]
-                break
-            continue
-        if info.si_signo != signal.SIGCHLD:
-            ended = "stopped"
-            break
-        try:  # reap whatever ended (re-parented orphans too); note the worker's status
-            while True:
-                got, status = os.waitpid(-1, os.WNOHANG)
-                if not got:
-                    break
-                if got == pid:
-                    wait_status = status
-        except ChildProcessError:
-            pass
-    wall = time.monotonic() - t0
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    if wait_status is None:
-        try:
-            wait_status = os.waitpid(pid, 0)[1]
-        except ChildProcessError:
-            pass
-    clean = sweep(pid, time.monotonic() + 2.0)
-    rc = None
-    if wait_status is not None:
-        rc = -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else os.WEXITSTATUS(wait_status)
-    info = {"ended": ended, "note": note, "returncode": rc, "wall_s": wall,
-            "clean": clean, "subreaper": subreaper}
-    with open(os.path.join(BOX, "supervisor.json"), "w") as f:
-        json.dump(info, f)
-    if os.getppid() != parent:  # whoever started us is gone: nobody else will delete the dir
-        import shutil
-        shutil.rmtree(os.path.dirname(BOX), ignore_errors=True)
-
-
-main()
-'''
-
-
-# --------------------------------------------------------------------------------------
 # Preparation and interpretation, shared by the sync and async versions.
 
 def _decode_hook(d: dict) -> Any:
@@ -437,7 +151,7 @@ def _check_name(name: str) -> Path:
 
 def _prepare(code: str, entry: str, args: dict, limits: SandboxLimits,
              files: dict[str, bytes | str] | None) -> tuple[str, list[str], dict[str, str]]:
-    """Create the temp dir with the runner, the candidate, its files and the spec.
+    """Create the temp dir with the candidate, its files and the spec.
     Returns (tmpdir, argv, env). The caller deletes tmpdir."""
     if limits.timeout_s <= 0 or limits.memory_mb <= 0 or limits.max_output_bytes <= 0:
         raise ValueError(f"sandbox limits must be positive: {limits}")
@@ -453,7 +167,6 @@ def _prepare(code: str, entry: str, args: dict, limits: SandboxLimits,
     try:
         box = Path(tmpdir, _BOX)
         box.mkdir()
-        (box / "runner.py").write_text(_RUNNER)
         (box / "candidate.py").write_text(code)
         (box / "spec.json").write_text(spec_json)
         for rel, data in checked.items():
@@ -466,7 +179,7 @@ def _prepare(code: str, entry: str, args: dict, limits: SandboxLimits,
     except BaseException:
         _rmtree(tmpdir)
         raise
-    argv = [sys.executable, "-I", str(Path(tmpdir, _BOX, "runner.py"))]
+    argv = [sys.executable, "-I", str(RUNNER), str(box)]
     return tmpdir, argv, _env(tmpdir)
 
 

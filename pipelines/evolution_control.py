@@ -7,7 +7,10 @@ that lower is better (``TaskConfig.normalised``); ``target`` is normalised the s
     >>> momentum(0.0, 0.6, beta=0.85)
     0.09
     >>> action_weights(A=[0.9, 0.2], i=1)   # island 1 lags: crossover with the leader wins
-    {'backtrack': 0.0, 'crossover': {0: 0.7}}
+    {'backtrack': 0.024, 'crossover': {0: 0.754}}
+
+(j* = 0 and sim = 1 - |0.2 - 0.9| = 0.3, so w_backtrack = 0 + 0.3 * 0.8 * 0.1 and
+w_cross(0) = 0.7 + 0.3 * 0.2 * 0.9; see :func:`action_weights`.)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 from tagsmith.core.config import EvolveConfig
+from tagsmith.pipelines.evolution_models import PoolEntry
 
 
 @dataclass
@@ -109,9 +113,14 @@ def snapshot_index(n: int, rng: random.Random, alpha: float) -> int:
     return rng.choices(range(n), weights=weights, k=1)[0]
 
 
-def tournament(pool: list[dict], rng: random.Random, size: int) -> dict:
+def tournament(pool: list[PoolEntry], rng: random.Random, size: int) -> PoolEntry:
     """Refinement parent: the best (lowest normalised score) of ``size`` random members.
     (A copy of PACEvolve's code took the max even for minimised metrics; scores here are
-    normalised, so min is right for both directions.)"""
+    normalised, so min is right for both directions.)
+
+    >>> pool = [PoolEntry(cid="a", norm=-3.0), PoolEntry(cid="b", norm=-1.0)]
+    >>> tournament(pool, random.Random(0), size=2).cid
+    'a'
+    """
     contenders = rng.sample(pool, min(size, len(pool)))
-    return min(contenders, key=lambda c: c["norm"])
+    return min(contenders, key=lambda c: c.norm)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from tagsmith.core.errors import ConfigError
-from tagsmith.evaluators.evo_tasks import (BUILTIN_TASKS, Task, TaskConfig, apply_search_replace,
+from tagsmith.evaluators.evo_tasks import (BUILTIN_TASKS, TASKS_DIR, Task, TaskConfig, apply_search_replace,
                                            builtin_task, extract_block, llmsr_data_dir, load_task,
                                            replace_block)
 from tagsmith.evaluators.sandbox import SandboxLimits, SandboxPool
@@ -214,6 +214,23 @@ def test_llmsr_bad_shape_is_an_error(llmsr_root):
     assert r.status == "error" and "shape" in r.reason
 
 
+def test_llmsr_targets_are_nmse_1e8_of_the_training_data(llmsr_root):
+    import numpy as np
+
+    for name in BUILTIN_TASKS:
+        if name.startswith("llmsr-"):
+            y = np.loadtxt(llmsr_root / name[len("llmsr-"):] / "train.csv", delimiter=",", skiprows=1, usecols=-1)
+            assert builtin_task(name).config.target == float(1e-8 * np.var(y))
+
+
+def test_llmsr_folder_runs_as_a_user_task_folder_with_a_data_dir(llmsr_root):
+    task = load_task(TASKS_DIR / "llmsr-oscillator2", data_dir=llmsr_root)  # what `evolve FOLDER --data-dir` does
+    r = task.evaluate(task.initial_program)
+    assert r.ok and r.score == builtin_task("llmsr-oscillator2").evaluate(task.initial_program).score
+    r = load_task(TASKS_DIR / "llmsr-oscillator2").evaluate(task.initial_program)  # no data folder given
+    assert r.status == "error" and "data_dir" in r.reason
+
+
 def test_llmsr_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("TAGSMITH_LLMSR_DATA", raising=False)
     with pytest.raises(ConfigError, match="does not exist"):
@@ -228,6 +245,19 @@ def test_llmsr_data_dir_resolution(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ task folders
+
+def test_builtin_tasks_are_task_folders_in_the_user_format():
+    folders = sorted(p.name for p in TASKS_DIR.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    assert folders == sorted(BUILTIN_TASKS)
+    for name in folders:
+        assert {"task.toml", "initial.py", "evaluator.py"} <= {p.name for p in (TASKS_DIR / name).iterdir()}
+    for name in ("funcmin", "circle-packing"):  # the same loader, the same task
+        a, b = builtin_task(name), load_task(TASKS_DIR / name)
+        assert (a.config, a.initial_program, a.description, a.evaluator_args) == \
+            (b.config, b.initial_program, b.description, b.evaluator_args)
+        assert a.config.name == name
+
+
 
 EVALUATOR = textwrap.dedent("""\
     import importlib.util
@@ -288,6 +318,22 @@ async def test_load_task_from_yaml_folder_async(tmp_path):
 def test_load_task_rejects_bad_config(tmp_path, config, message):
     with pytest.raises(ConfigError, match=message):
         load_task(_folder(tmp_path, "task.toml", config))
+
+
+def test_load_task_passes_a_data_dir_to_the_evaluator(tmp_path):
+    root = _folder(tmp_path, "task.toml", 'metric = "loss"\ndirection = "min"\ntarget = 0\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "weights.txt").write_text("2 0 0")
+    (root / "evaluator.py").write_text(EVALUATOR.replace("def evaluate(program_path):", "def evaluate(program_path, data_dir):")
+                                       .replace("os.path.dirname(__file__)", "data_dir"))
+    r = load_task(root, data_dir=data).evaluate("# EVOLVE-BLOCK-START\ndef f(x):\n    return x + 1\n# EVOLVE-BLOCK-END\n")
+    assert r.ok and r.score == 2  # 2 * f(0) ** 2 with the data folder's weights
+    with pytest.raises(ConfigError, match="data folder .* does not exist"):
+        load_task(root, data_dir=tmp_path / "nope")
+    (root / "evaluator.py").write_text(EVALUATOR)  # evaluate(program_path): a data folder is refused clearly
+    r = load_task(root, data_dir=data).evaluate("# EVOLVE-BLOCK-START\ndef f(x):\n    return 0\n# EVOLVE-BLOCK-END\n")
+    assert r.status == "error" and "takes no data_dir argument" in r.reason
 
 
 def test_load_task_needs_markers_and_files(tmp_path):

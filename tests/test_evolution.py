@@ -20,6 +20,7 @@ from tagsmith.core.config import load_config
 from tagsmith.runtime import execute
 from tagsmith.pipelines.evolution_control import (ControlConfig, absolute_progress, action_weights, choose_action, momentum,
                                      relative_progress, should_trigger, snapshot_index, tournament)
+from tagsmith.pipelines.evolution_models import Idea, PoolEntry
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -66,8 +67,8 @@ def test_snapshot_choice_favours_early_snapshots():
 
 
 def test_tournament_uses_normalised_scores():
-    pool = [{"cid": "a", "norm": -3.0}, {"cid": "b", "norm": -1.0}, {"cid": "c", "norm": 2.0}]
-    assert tournament(pool, random.Random(0), 3)["cid"] == "a"  # a max task's best has the lowest norm
+    pool = [PoolEntry(cid="a", norm=-3.0), PoolEntry(cid="b", norm=-1.0), PoolEntry(cid="c", norm=2.0)]
+    assert tournament(pool, random.Random(0), 3).cid == "a"  # a max task's best has the lowest norm
 
 
 # -- graph ----------------------------------------------------------------------------------------
@@ -208,6 +209,36 @@ def test_evolve_cli_and_show(tmp_path, capsys):
     assert "island" in shown and "EVOLVE-BLOCK-START" in shown and plot.stat().st_size > 1000
 
 
+EXAMPLE = HERE / "data" / "evolve_task"  # the README's "Task folders" example
+
+
+def test_readme_task_folder_section_shows_the_tested_example():
+    import re
+
+    from tagsmith.evaluators.evo_tasks import _CONFIG_KEYS
+    from tagsmith.pipelines.evolution import SUMMARY_METRICS
+
+    readme = (HERE.parent / "README.md").read_text()
+    section = readme.split("\n## Task folders\n", 1)[1].split("\n## ", 1)[0]
+    blocks = dict(re.findall(r"\*\*`([\w.]+)`\*\*\n\n```\w+\n(.*?)```", section, re.S))
+    assert blocks == {n: (EXAMPLE / n).read_text() for n in ("task.toml", "initial.py", "evaluator.py")}
+    assert set(re.findall(r"^  \| `(\w+)` \|", section, re.M)) == _CONFIG_KEYS  # every allowed key, no other
+    assert all(f"`{k}`" in section for k in SUMMARY_METRICS)
+
+
+def test_readme_task_folder_example_evolves(tmp_path, capsys):
+    from tagsmith.evaluators.evo_tasks import load_task, replace_block
+
+    db = str(tmp_path / "ex.db")
+    assert main(["evolve", str(EXAMPLE), "--proposer", "random", "--islands", "2", "--seed", "2", "--db", db,
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "target reached" in out and "nmse_id" in out and "nmse_ood" in out
+    task = load_task(EXAMPLE)  # the {"error": ...} convention: status "invalid", the text as reason
+    r = task.evaluate(replace_block(task.initial_program, "def equation(x, params):\n    return np.exp(params[0] * x)\n"))
+    assert (r.ok, r.status) == (False, "invalid") and r.reason.startswith("equation(x, params) is not linear")
+
+
 def test_unknown_task_is_one_line(tmp_path, capsys):
     assert main(["evolve", "no-such-task", "--db", str(tmp_path / "x.db")]) == 2
     err = capsys.readouterr().err
@@ -247,7 +278,7 @@ def test_sigkill_evolution_then_resume(tmp_path):
 async def test_idea_cap_pruning_follows_the_model_then_the_code_rule():
     from tagsmith.pipelines.evolution import _prune
 
-    ideas = [{"id": f"I{n}", "status": s, "count": c, "description": f"idea {n}", "history": []}
+    ideas = [Idea(id=f"I{n}", status=s, count=c, description=f"idea {n}", history=[])
              for n, s, c in [(1, "validated", 5), (2, "invalidated", 4), (3, "in progress", 1),
                              (4, "new", 0), (5, "in progress", 3), (6, "new", 0), (7, "new", 0)]]
 
@@ -261,9 +292,9 @@ async def test_idea_cap_pruning_follows_the_model_then_the_code_rule():
 
     # the model's choice is applied, but the idea being worked on is never dropped
     kept = await _prune(Chooser(["I2", "I4", "I7"]), ideas, cap=5, keep="I7")
-    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6", "I7"]
+    assert [i.id for i in kept] == ["I1", "I3", "I5", "I6", "I7"]
     # the model drops too few: invalidated first, then the least tried; validated ideas stay
     chooser = Chooser([])
     kept = await _prune(chooser, ideas, cap=4, keep="I6")
     assert chooser.seen == (7, 4)
-    assert [i["id"] for i in kept] == ["I1", "I3", "I5", "I6"]
+    assert [i.id for i in kept] == ["I1", "I3", "I5", "I6"]

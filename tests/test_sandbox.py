@@ -9,6 +9,7 @@ import math
 import os
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -241,3 +242,68 @@ async def test_cancelling_kills_the_process_group(tmp_path):
     assert time.monotonic() - t0 < 3
     assert group_gone(info["pgid"], wait_s=0) and pid_gone(info["child"])
     assert not os.path.exists(info["cwd"])
+
+
+# -- the runner's pure parts (evaluators/sandbox_runner.py, imported here, run as a file there) --
+
+def test_runner_is_a_module_file_that_imports_nothing_of_tagsmith():
+    import ast
+
+    from tagsmith.evaluators import sandbox, sandbox_runner
+
+    assert sandbox.RUNNER == Path(sandbox_runner.__file__) and sandbox.RUNNER.is_file()
+    tree = ast.parse(sandbox.RUNNER.read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.split(".")[0] in ("tagsmith", "numpy", "scipy")}
+    assert sandbox_runner.WORKER is None  # importing it started nothing
+
+
+def test_runner_encode_round_trips_through_the_decoder():
+    import numpy as np
+
+    from tagsmith.evaluators.sandbox import _decode_hook
+    from tagsmith.evaluators.sandbox_runner import encode
+
+    value = {"a": (1, 2.5), 3: [np.float64("inf"), np.arange(2)], "n": None, "b": True,
+             "s": np.int64(7), "m": float("-inf")}
+    encoded = encode(value)
+    assert encoded["3"][0] == {"__float__": "inf"} and encoded["a"] == [1, 2.5] and encoded["s"] == 7
+    back = json.loads(json.dumps(encoded, allow_nan=False), object_hook=_decode_hook)
+    assert back == {"a": [1, 2.5], "3": [math.inf, [0, 1]], "n": None, "b": True, "s": 7, "m": -math.inf}
+    nan = json.loads(json.dumps(encode(float("nan"))), object_hook=_decode_hook)
+    assert math.isnan(nan)
+    with pytest.raises(TypeError, match="dict key of type tuple"):
+        encode({(1, 2): 0})
+    with pytest.raises(TypeError, match="type object, which is not JSON-serialisable"):
+        encode([object()])
+
+
+def test_runner_parse_stat_counts_fields_after_the_last_parenthesis():
+    from tagsmith.evaluators.sandbox_runner import parse_stat
+
+    assert parse_stat(b"9 (x) R 1 2 3 4") == (1, 2, 3)
+    assert parse_stat(b"9 (evil) S 5 6 7 (name)) S 10 11 12 0") == (10, 11, 12)
+    assert parse_stat(Path("/proc/self/stat").read_bytes()) == (os.getppid(), os.getpgrp(), os.getsid(0))
+    for bad in (b"9 (x) R 1 2", b"9 (x) R a b c"):
+        with pytest.raises(ValueError):
+            parse_stat(bad)
+
+
+def test_runner_clamps_limits_to_the_inherited_hard_limit():
+    import resource
+
+    from tagsmith.evaluators.sandbox_runner import clamp
+
+    assert clamp(10, 20, hard_cap=resource.RLIM_INFINITY) == (10, 20)
+    assert clamp(10, 20, hard_cap=None) == (10, 20)
+    assert clamp(10, 20, hard_cap=15) == (10, 15)
+    assert clamp(10, 20, hard_cap=5) == (5, 5)
+
+
+def test_runner_one_line_reason():
+    from tagsmith.evaluators.sandbox_runner import MAX_REASON, one_line
+
+    assert one_line(ValueError("a\n\tb  c")) == "a b c"
+    long = one_line(ValueError("x" * 2000))
+    assert len(long) == MAX_REASON and long.endswith("...")

@@ -26,7 +26,8 @@ def add_commands(sub, common) -> None:
                                                                   "(LLM-SR tasks), no model")
     g.add_argument("--no-backtracking", action="store_true")
     g.add_argument("--no-crossover", action="store_true")
-    g.add_argument("--data-dir", help="LLM-SR data folder (default $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr)")
+    g.add_argument("--data-dir", help="data folder for the task's evaluator (evaluate(program_path, data_dir=...)); "
+                                       "LLM-SR tasks: default $TAGSMITH_LLMSR_DATA or ../shared/data/llmsr")
     g.add_argument("--timeout", type=float, help="seconds per evaluation")
     g.add_argument("--plot", help="with show: PNG path (default tagsmith-out/RUN.png)")
     p.set_defaults(func=cmd_evolve)
