@@ -218,3 +218,37 @@ async def test_local_structured_mode_uses_json_object_with_schema(store):
     mode = structured_mode(LLMConfig(model="local/smollm2"))
     fmt = response_format(mode, Pet, Pet.model_json_schema())
     assert fmt == {"type": "json_object", "schema": Pet.model_json_schema()}
+
+
+async def test_starting_the_bundled_server_does_not_block_the_event_loop(monkeypatch):
+    """Loading the bundled model takes seconds: the start runs in a thread, so the run's
+    other tasks (progress, store writes, other calls) keep going meanwhile."""
+    import asyncio
+    import time
+
+    from tagsmith.agents import gateway as gw_mod
+    from tagsmith.agents import local_model
+
+    class SlowServer:
+        base_url = None
+        proc = None
+
+        def start(self):
+            time.sleep(0.5)  # what llama.cpp's model load looks like to the caller
+            self.base_url = "http://127.0.0.1:9/v1"
+            return self.base_url
+
+    server = SlowServer()
+    monkeypatch.setattr(local_model, "shared_server", lambda cfg: server)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    url = await gw_mod.local_api_base(LLMConfig(model="local/smollm2"))
+    t.cancel()
+    assert url == "http://127.0.0.1:9/v1" and ticks >= 10
