@@ -98,6 +98,11 @@ class VocabConfig(_Section):
     # Facets the vocabulary starts from (a known taxonomy, or frequent values of a metadata
     # field, see seed_facet_from_field); the architect drafts the other facets around them.
     seed_facets: list[Facet] = Field(default_factory=list)
+    # A facet from the most frequent values of this metadata field over the whole input
+    # (lists count each value; "a|b" strings are split on seed_separator, or on the one of
+    # | ; , that the values use).
+    seed_field: str | None = None
+    seed_separator: str | None = None
 
     def bounds(self) -> Bounds:
         return Bounds(max_facets=self.max_facets, max_per_facet=self.max_per_facet, max_total=self.max_total)

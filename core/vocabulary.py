@@ -264,16 +264,69 @@ def change_rate(old: Vocabulary, new: Vocabulary) -> float:
     return (len(d["added"]) + len(d["removed"]) + len(d["moved"])) / max(1, old.size())
 
 
-def seed_facet_from_field(items: list[dict], field: str, max_values: int, min_count: int = 2) -> Facet:
-    """A facet from the most frequent values of a metadata field (lists count each value).
+SEPARATORS = ("|", ";", ",")  # how list values are written in CSV cells: Comedy|Drama|Romance
+
+
+class FieldValues:
+    """Counts the values of a metadata field over a stream of items, for a seed facet.
+
+    A list counts each value; a string that holds a list (``Comedy|Drama``) is split on the
+    separator given, or else on the one of ``| ; ,`` that most distinct values contain
+    (detected at the end, when every value has been seen). Memory is bounded: past
+    ``max_distinct`` distinct raw values, values seen once are dropped (the seed facet
+    wants the frequent ones).
+
+        >>> fv = FieldValues("genres")
+        >>> for v in ("Comedy|Drama", "Drama", "Comedy|Romance", ["Drama", "Horror"]):
+        ...     fv.add(v)
+        >>> fv.separator(), fv.counts().most_common(2)
+        ('|', [('drama', 3), ('comedy', 2)])
+    """
+
+    def __init__(self, field: str, separator: str | None = None, max_distinct: int = 200_000):
+        self.field, self.given, self.max_distinct = field, separator, max_distinct
+        self.raw: Counter = Counter()  # raw string values
+        self.listed: Counter = Counter()  # values that came as list elements
+
+    def add(self, value: object) -> None:
+        if isinstance(value, (list, tuple)):
+            self.listed.update(str(v) for v in value if v not in (None, ""))
+        elif value not in (None, ""):
+            self.raw[str(value)] += 1
+            if len(self.raw) > self.max_distinct:
+                self.raw = Counter({k: c for k, c in self.raw.items() if c > 1})
+
+    def separator(self) -> str | None:
+        if self.given is not None or not self.raw:
+            return self.given
+        share = {sep: sum(1 for v in self.raw if sep in v) / len(self.raw) for sep in SEPARATORS}
+        best = max(SEPARATORS, key=lambda sep: share[sep])
+        return best if share[best] >= 0.2 else None
+
+    def counts(self) -> Counter:
+        sep = self.separator()
+        out: Counter = Counter()
+        for value, n in list(self.raw.items()) + list(self.listed.items()):
+            for part in (value.split(sep) if sep else [value]):
+                name = slug(part)
+                if name and name != "unknown":
+                    out[name] += n
+        return out
+
+    def facet(self, max_values: int, min_count: int = 2) -> Facet:
+        top = [(v, n) for v, n in self.counts().most_common(max_values) if n >= min_count]
+        field = self.field
+        return Facet(name=slug(field), definition=f"the item's {field.replace('_', ' ')}",
+                     descriptors=[Descriptor(name=v, definition=f"{field.replace('_', ' ')} is {v.replace('-', ' ')}")
+                                  for v, _ in top])
+
+
+def seed_facet_from_field(items: list[dict], field: str, max_values: int, min_count: int = 2,
+                          separator: str | None = None) -> Facet:
+    """A facet from the most frequent values of a metadata field (``FieldValues``).
 
     [{"fields": {"genres": ["Comedy", "Drama"]}}, ...] -> Facet(name="genres", descriptors=[comedy, drama])"""
-    counts: Counter = Counter()
+    values = FieldValues(field, separator)
     for it in items:
-        value = (it.get("fields") or {}).get(field)
-        values = value if isinstance(value, list) else [value] if value not in (None, "") else []
-        counts.update(slug(v) for v in values if slug(str(v)) and slug(str(v)) != "unknown")
-    top = [(v, n) for v, n in counts.most_common(max_values) if n >= min_count]
-    return Facet(name=slug(field), definition=f"the item's {field.replace('_', ' ')}",
-                 descriptors=[Descriptor(name=v, definition=f"{field.replace('_', ' ')} is {v.replace('-', ' ')}")
-                              for v, _ in top])
+        values.add((it.get("fields") or {}).get(field))
+    return values.facet(max_values, min_count)

@@ -125,6 +125,33 @@ def _counts(ctx: RunContext, stage: Stage, wave_size: int) -> dict[str, int]:
 
 
 # -- loading --------------------------------------------------------------------------------------
+class Skips:
+    """Bad records met while reading a source: with ``on_error: raise`` the first one stops
+    the run (FILE:LINE: reason); with ``skip`` they are counted per kind of reason, and the
+    first ``MAX_ERRORS_KEPT`` lines of a run are kept (numbered after ``already``)."""
+
+    def __init__(self, on_error: str, already: int = 0):
+        self.on_error, self.already = on_error, already
+        self.stats: dict[str, float] = {}
+        self.errors: list[tuple[int, str]] = []
+
+    def add(self, where: str, reason: str) -> None:
+        msg = f"{where}: {' '.join(reason.split())}"
+        if self.on_error == "raise":
+            raise InputError(msg)
+        kind = f"skipped: {reason_kind(reason)}"
+        self.stats["skipped"] = self.stats.get("skipped", 0) + 1
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+        n = self.already + int(self.stats["skipped"]) - 1
+        if n < MAX_ERRORS_KEPT:
+            self.errors.append((n, msg))
+
+    def write(self, store, run_id: str) -> Write:
+        """The counters and kept lines as one write (for a reader that stores no chunk)."""
+        rows = store._records_write(run_id, "load_error", [(f"{n:03d}", e) for n, e in self.errors]).rows
+        return Write(rows=rows, run_id=run_id, stats=self.stats)
+
+
 def load_chunk(ctx: RunContext, stage: Stage, state: BatchState, chunk: int) -> dict[str, Any]:
     """Read the next ``chunk`` records of the source into the store (see the module text)."""
     store, run_id, kind = ctx.store, ctx.run_id, stage.input_kind
@@ -146,29 +173,15 @@ def load_chunk(ctx: RunContext, stage: Stage, state: BatchState, chunk: int) -> 
         source.check_unchanged(spec)  # the records past the cursor must be the ones it points into
     rows: list[Record] = []
     where_of: dict[str, str] = {}
-    skipped: dict[str, float] = {}
-    errors: list[tuple[int, str]] = []
-    already_skipped = int(store.stats(run_id).get("skipped", 0))
+    skips = Skips(source.on_error, already=int(store.stats(run_id).get("skipped", 0)))
     new_cursor = at
     exhausted = True
-
-    def skip(where: str, reason: str) -> None:
-        msg = f"{where}: {' '.join(reason.split())}"
-        if source.on_error == "raise":
-            raise InputError(msg)
-        kind_ = reason_kind(reason)
-        skipped["skipped"] = skipped.get("skipped", 0) + 1
-        skipped[f"skipped: {kind_}"] = skipped.get(f"skipped: {kind_}", 0) + 1
-        n = already_skipped + int(skipped["skipped"]) - 1
-        if n < MAX_ERRORS_KEPT:
-            errors.append((n, msg))
-
     for entry in source.read(cursor=at):
         new_cursor = entry.cursor
         if entry.item is None:
-            skip(entry.where, entry.reason or "bad record")
+            skips.add(entry.where, entry.reason or "bad record")
         elif entry.item.id in where_of:
-            skip(entry.where, f"duplicate id {entry.item.id!r} (first seen at {where_of[entry.item.id]})")
+            skips.add(entry.where, f"duplicate id {entry.item.id!r} (first seen at {where_of[entry.item.id]})")
         else:
             where_of[entry.item.id] = entry.where
             rows.append((entry.item.id, {"text": entry.item.text}))
@@ -176,8 +189,8 @@ def load_chunk(ctx: RunContext, stage: Stage, state: BatchState, chunk: int) -> 
             exhausted = False
             break
     mark = {"file": new_cursor[0], "records": new_cursor[1], "exhausted": exhausted}
-    dupes = store.load_work(run_id, kind, rows, cursor=mark, stats={"loaded": len(rows), **skipped},
-                            errors=errors, duplicates=source.on_error)
+    dupes = store.load_work(run_id, kind, rows, cursor=mark, stats={"loaded": len(rows), **skips.stats},
+                            errors=skips.errors, duplicates=source.on_error)
     if dupes:
         if source.on_error == "raise":
             first = min(dupes, key=lambda k: where_of[k])

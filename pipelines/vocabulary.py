@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import random
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -21,17 +22,22 @@ from langgraph.types import Send
 
 from tagsmith.agents import annotator, architect
 from tagsmith.core.config import VocabConfig
+from tagsmith.core.datasets import ItemSource
 from tagsmith.core.errors import ConfigError, StructuredOutputError
+from tagsmith.core.vocabulary import (Bounds, Edit, Facet, FieldValues, Vocabulary, apply_edits, change_rate, diff,
+                                      normalise)
 from tagsmith.evaluators.vocab_metrics import aggregate_reports, feedback_text, tag_metrics
-from tagsmith.core.vocabulary import Bounds, Edit, Vocabulary, apply_edits, change_rate, diff, normalise
+from tagsmith.pipelines.batch import Skips
 
 KIND = "vocab"
 PROMPTS = architect.PROMPTS + annotator.PROMPTS
 
 
 class State(TypedDict, total=False):
-    items: list[dict]  # the input; replaced by the sample the vocabulary is built on
+    source: dict  # the input file(s) (an ItemSource fingerprint), or
+    items: list[dict]  # the input as a list; then the sample the vocabulary is built on
     catalog_items: int
+    seed_facets: list[dict]  # counted from the input (pipeline.vocab.seed_field)
     vocab: dict
     round: int
     reports: Annotated[list[dict], operator.add]  # Send fan-in, all rounds (tagged with round)
@@ -107,18 +113,68 @@ async def _store_version(runtime: Runtime, version: int, round_no: int, vocab: V
 
 # -- nodes --------------------------------------------------------------------------------------
 def sample(state: State, runtime: Runtime) -> dict:
-    """The items the vocabulary is built on: a seeded sample of ``sample_size`` items."""
-    cfg, items = _cfg(runtime), state["items"]
-    if not items:
-        raise ConfigError("vocab build: no items")
-    chosen = items if len(items) <= cfg.sample_size else random.Random(cfg.seed).sample(items, cfg.sample_size)
-    return {"items": [{"id": str(i["id"]), "text": i["text"]} for i in chosen], "catalog_items": len(items)}
+    """The items the vocabulary is built on: a seeded uniform sample of ``sample_size`` items
+    (reservoir sampling, so the input streams: a file, shards or a list), and the seed facet
+    of ``seed_field`` counted over every item."""
+    ctx = runtime.context
+    cfg = _cfg(runtime)
+    rng = random.Random(cfg.seed)
+    field = FieldValues(cfg.seed_field, cfg.seed_separator) if cfg.seed_field else None
+    chosen: list[dict] = []
+    n = skipped = 0
+    for item in _stream(state, ctx):
+        if item is None:
+            skipped += 1
+            continue
+        if field is not None:
+            field.add(item.get("fields", {}).get(cfg.seed_field))
+        entry = {"id": str(item["id"]), "text": item["text"]}
+        if n < cfg.sample_size:
+            chosen.append(entry)
+        elif (slot := rng.randrange(n + 1)) < cfg.sample_size:  # reservoir sampling: uniform, one pass
+            chosen[slot] = entry
+        n += 1
+    if not n:
+        raise ConfigError("vocab build: no items" + (f" ({skipped} bad records skipped)" if skipped else ""))
+    out: dict = {"items": chosen, "catalog_items": n}
+    if field is not None:
+        facet = field.facet(cfg.max_per_facet)
+        if not facet.descriptors:
+            raise ConfigError(f"seed field {cfg.seed_field!r}: no value occurs twice in the items' fields")
+        out["seed_facets"] = [facet.model_dump()]
+    return out
+
+
+def _stream(state: State, ctx) -> Iterator[dict | None]:
+    """The input's items as dicts (id, text, fields), None for a skipped bad record (its
+    count and reason go to the run's counters); a bad record stops the run when the
+    source says ``on_error: raise``."""
+    if "source" not in state:
+        yield from state["items"]
+        return
+    spec = state["source"]
+    source = ItemSource.model_validate({k: v for k, v in spec.items() if k != "files"})
+    source.check_unchanged(spec)
+    skips = Skips(source.on_error)
+    seen: dict[str, str] = {}
+    for entry in source.read():
+        if entry.item is not None and entry.item.id in seen:
+            entry.item, entry.reason = None, f"duplicate id {entry.item.id!r} (first seen at {seen[entry.item.id]})"
+        if entry.item is None:
+            skips.add(entry.where, entry.reason or "bad record")
+            yield None
+            continue
+        seen[entry.item.id] = entry.where
+        yield {"id": entry.item.id, "text": entry.item.text, "fields": entry.item.fields}
+    if skips.stats:
+        ctx.store.transact(skips.write(ctx.store, ctx.run_id))
 
 
 async def draft(state: State, runtime: Runtime) -> dict:
     cfg = _cfg(runtime)
     sample = random.Random(cfg.seed + 1).sample(state["items"], min(cfg.draft_sample, len(state["items"])))
-    seed = normalise(Vocabulary(facets=cfg.seed_facets), cfg.bounds())
+    seed = normalise(Vocabulary(facets=[*cfg.seed_facets, *(Facet.model_validate(f) for f in state.get("seed_facets", []))]),
+                     cfg.bounds())
     vocab = await architect.draft(runtime.context.gateway, sample, cfg.bounds(), domain=cfg.domain, seed=seed)
     merges: list[Edit] = []
     if cfg.dedup and vocab.size() > 1:
@@ -248,6 +304,7 @@ def finish(ctx, state: State) -> dict:
             "descriptors_per_item": m["descriptors_per_item"], "usage_entropy_norm": m["usage_entropy_norm"],
             "redundant_pair_share": m["redundant_pair_share"], "unused": len(stats["unused"]),
             "sample_items": len(state["items"]), "catalog_items": state.get("catalog_items", len(state["items"])),
+            **{k: int(v) for k, v in ctx.store.stats(ctx.run_id).items() if k.startswith("skipped")},
             "history": [{k: v for k, v in h.items() if k != "feedback"} for h in state.get("history", [])]}
 
 

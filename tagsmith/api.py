@@ -33,7 +33,7 @@ from tagsmith.core.config import Config, deep_merge, read_config_file, validate_
 from tagsmith.core.errors import ConfigError, Interrupted
 from tagsmith.core.datasets import ItemSource
 from tagsmith.core.records import Item, LoadReport
-from tagsmith.core.vocabulary import Facet, Vocabulary, seed_facet_from_field
+from tagsmith.core.vocabulary import Facet, Vocabulary
 from tagsmith.runtime import open_store
 
 if TYPE_CHECKING:
@@ -186,27 +186,16 @@ def probe(source: Items, config: Config, *, store: Store | None = None, backend:
 
 
 # -- tagging --------------------------------------------------------------------------------------
-def seed_facets(items: Sequence[Item], config: Config, *, seed_field: str | None = None,
-                seed_vocab: str | Path | None = None) -> list[Facet]:
-    """Facets a vocabulary starts from: a file of facets (YAML/JSON ``facets: [{name,
-    definition, descriptors: [{name, definition}]}]``) and/or the most frequent values of a
-    metadata field over all the items (lists and "a|b" values count each value)."""
+def seed_facets(seed_vocab: str | Path) -> list[Facet]:
+    """Facets a vocabulary starts from, from a file (YAML/JSON ``facets: [{name, definition,
+    descriptors: [{name, definition}]}]``)."""
     from pydantic import ValidationError
 
-    facets: list[Facet] = []
-    if seed_vocab:
-        try:
-            facets += Vocabulary.model_validate(read_config_file(seed_vocab)).facets
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(f"{seed_vocab}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
-    if seed_field:
-        facet = seed_facet_from_field([{"fields": i.fields} for i in items], seed_field,
-                                      config.pipeline.vocab.max_per_facet)
-        if not facet.descriptors:
-            raise ConfigError(f"seed field {seed_field!r}: no value occurs twice in the items' fields")
-        facets.append(facet)
-    return facets
+    try:
+        return Vocabulary.model_validate(read_config_file(seed_vocab)).facets
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{seed_vocab}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
 
 
 def build_vocabulary(source: Items, config: Config, *, seed_field: str | None = None,
@@ -214,17 +203,23 @@ def build_vocabulary(source: Items, config: Config, *, seed_field: str | None = 
                      backend: Backend | None = None, progress: Progress | None = None,
                      embed: Embed | None = None) -> RunResult:
     """Build a descriptor vocabulary (architect + annotators) on a seeded sample of the
-    items (``pipeline.vocab.sample_size``); seed facets come from ``seed_field`` /
-    ``seed_vocab`` and from ``pipeline.vocab.seed_facets``."""
-    items, report = _items(source)
-    seeds = seed_facets(items, config, seed_field=seed_field, seed_vocab=seed_vocab)
-    if seeds:
-        existing = [f.model_dump() for f in config.pipeline.vocab.seed_facets]
-        config = _with(config, "vocab", seed_facets=existing + [f.model_dump() for f in seeds])
+    items (``pipeline.vocab.sample_size``, drawn as the input streams by). Seed facets come
+    from ``seed_vocab`` (a file), ``seed_field`` (the most frequent values of a metadata
+    field over all the items; also ``pipeline.vocab.seed_field``) and
+    ``pipeline.vocab.seed_facets``."""
+    extra: dict[str, Any] = {}
+    if seed_vocab:
+        extra["seed_facets"] = ([f.model_dump() for f in config.pipeline.vocab.seed_facets]
+                                + [f.model_dump() for f in seed_facets(seed_vocab)])
+    config = _with(config, "vocab", seed_field=seed_field, **extra)
+    if isinstance(source, ItemSource):
+        source.check()
+        inputs: dict[str, Any] = {"source": source.fingerprint()}
+    else:
+        inputs = {"items": [{"id": i.id, "text": i.text, "fields": i.fields} for i in source]}
     with _StoreScope(config, store) as st:
-        run, seconds = _execute("vocab", config, {"items": _id_text(items)}, st, backend=backend,
-                                progress=progress, embed=embed)
-    return RunResult(run, seconds, report)
+        run, seconds = _execute("vocab", config, inputs, st, backend=backend, progress=progress, embed=embed)
+        return RunResult(run, seconds, load_report(run, st))
 
 
 def final_vocabulary(run_id: str, config: Config, *, store: Store | None = None) -> tuple[Vocabulary, dict[str, int]]:

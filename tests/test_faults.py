@@ -741,8 +741,11 @@ def test_bad_input_names_file_and_line_or_is_skipped(case, command, tmp_path, db
     run_id, status, inputs = sql(db_path, "SELECT id, status, inputs_json FROM run ORDER BY created_at DESC "
                                           "LIMIT 1")[0]
     assert status == "done"
+    assert "items" not in json.loads(inputs)  # the run keeps its source, not its records
     if command == "vocab":  # the good items, and only those, went into the build
-        keys = {i["id"] for i in json.loads(inputs)["items"]}
+        m = json.loads(sql(db_path, "SELECT metrics_json FROM run WHERE id = ?", run_id)[0][0])
+        assert (m["catalog_items"], m["sample_items"], m["skipped"]) == (12, 12, 1)
+        keys = {str(i) for i in range(1, 13)}
     else:
         keys = {k for (k,) in sql(db_path, "SELECT key FROM run_record WHERE run_id = ? AND kind = ?", run_id,
                                   "tag" if command == "tag" else "score")}
