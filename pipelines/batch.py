@@ -292,7 +292,10 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
     itself by returning nothing of that)."""
 
     def stage_of(ctx: RunContext, state: BatchState) -> Stage:
-        if ctx.stage is None:
+        if ctx.stage is None:  # once per process: a fresh run, or a resumed one
+            spec = state.get("source", {})
+            if not state.get("exhausted") and spec.get("files"):  # still to be read: it must not have changed
+                ItemSource.model_validate({k: v for k, v in spec.items() if k != "files"}).check_unchanged(spec)
             ctx.stage = make_stage(ctx, state.get("params", {}))
         return ctx.stage
 

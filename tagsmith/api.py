@@ -263,12 +263,16 @@ def select(run_id: str, config: Config, *, method: Literal["askllm", "density", 
         raise ConfigError(f"select: method must be one of {', '.join(SELECT_METHODS)}, not {method!r}")
     with _StoreScope(config, store) as st:
         run = st.require_run(run_id, kind="score")
-        scores = st.records(run.id, "score")
-        if not scores:
+        ids: list[str] = []
+        quality: list[float | None] = []
+        for key, _, score in st.iter_joined(run.id, "doc", "score"):  # in load order, a chunk at a time
+            ids.append(key)
+            quality.append(None if score is None else score["score"])
+        if all(q is None for q in quality) and not st.count_records(run.id, "score"):
             raise ConfigError(f"run {run.id} has no scores yet (tagsmith resume {run.id})")
-        ids = list(st.records(run.id, "doc"))
-        askllm = {k: v["score"] for k, v in scores.items() if v["score"] is not None}
-        dens = {k: v["density"] for k, v in st.records(run.id, "density").items()}
+        dens_list = [None if d is None else d["density"] for _, _, d in st.iter_joined(run.id, "doc", "density")]
+    askllm = quality if any(q is not None for q in quality) else None
+    dens = dens_list if any(d is not None for d in dens_list) else None
     try:
         chosen = choose(ids, method, rate, askllm=askllm or None, density=dens or None, seed=seed, strata=strata)
     except ValueError as exc:
