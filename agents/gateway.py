@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
@@ -311,23 +312,34 @@ class Gateway:
         """One completion with retries on transient errors; counts attempts in ``tries[0]``."""
         c = self.config
 
-        def wait(state) -> float:
-            exc = state.outcome.exception()
-            expo = min(c.backoff_max_s, c.backoff_base_s * (2 ** (state.attempt_number - 1)))
+        def wait(exc: BaseException | None, failed: int) -> float:
+            """Before the next try, after ``failed`` failed ones."""
+            expo = min(c.backoff_max_s, c.backoff_base_s * (2 ** (failed - 1)))
             delay = random.uniform(0, expo)  # full jitter: retries from many tasks spread out
             hinted = retry_after_seconds(exc) if exc is not None else None
             return min(c.backoff_max_s, max(delay, hinted)) if hinted is not None else delay
 
-        retrying = AsyncRetrying(retry=retry_if_exception(is_transient), wait=wait,
-                                 stop=stop_after_attempt(c.max_retries + 1), reraise=True)
+        async def once() -> RawResponse:
+            tries[0] += 1
+            try:
+                async with asyncio.timeout(c.timeout_s + 5):
+                    return await self.backend.complete(dict(request))
+            except TimeoutError as exc:  # a hung connection the client did not time out
+                raise TransientError(f"no answer within {c.timeout_s:.0f}s") from exc
+
+        try:  # most calls succeed at once: tenacity's machinery only for those that do not
+            return await once()
+        except Exception as exc:
+            if not is_transient(exc) or c.max_retries < 1:
+                raise
+            first = exc
+        # the first try happened above: tenacity's attempt n is the (n + 1)-th
+        retrying = AsyncRetrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(c.max_retries),
+                                 wait=lambda st: wait(st.outcome.exception(), st.attempt_number + 1), reraise=True)
+        await asyncio.sleep(wait(first, 1))
         async for attempt in retrying:
             with attempt:
-                tries[0] += 1
-                try:
-                    response = await asyncio.wait_for(self.backend.complete(dict(request)),
-                                                      timeout=c.timeout_s + 5)
-                except asyncio.TimeoutError as exc:  # a hung connection the client did not time out
-                    raise TransientError(f"no answer within {c.timeout_s:.0f}s") from exc
+                response = await once()
         return response
 
     async def _call_uncached(self, request: dict[str, Any], schema: type[BaseModel] | None,
@@ -397,7 +409,7 @@ class Gateway:
         err = None if error is None else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         await self.store.alog_call({
             "run_id": self.run_id, "node": node, "model": request["model"], "cache_key": key,
-            "messages_json": json.dumps(request["messages"], ensure_ascii=False), "response_text": text,
+            "messages_json": orjson.dumps(request["messages"]).decode(), "response_text": text,
             "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
             "cost_usd": usage["cost_usd"], "latency_s": latency, "cache_hit": cache_hit,
             "attempts": attempts, "reasks": reasks, "error": err}, cache_put=cache_put)
@@ -454,6 +466,9 @@ async def local_api_base(config: LLMConfig) -> str:
     return await asyncio.to_thread(server.start)
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class HTTPBackend:
     """``llm.transport: http``: one POST per call to an OpenAI-compatible
     ``{api_base}/chat/completions`` over a pooled aiohttp session, without litellm's
@@ -503,7 +518,7 @@ class HTTPBackend:
         body = dict(request, model=self.model)
         url = await self._url()
         try:
-            async with self._client().post(url, json=body) as resp:
+            async with self._client().post(url, data=orjson.dumps(body), headers=_JSON) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
@@ -519,7 +534,7 @@ class HTTPBackend:
                 raise TransientError(f"HTTP {status}: {detail}", retry_after=_seconds(retry_after), status=status)
             raise LLMError(f"{self.config.model}: HTTP {status} from {url}: {detail}")
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:

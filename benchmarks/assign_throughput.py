@@ -13,7 +13,9 @@ only this process's CPU is measured. For each concurrency C:
 - pipeline_http: the same with ``llm.transport: http`` (the gateway POSTs to the
   endpoint itself instead of going through litellm);
 - bare: ``litellm.acompletion`` on exactly the same requests as the pipeline's, C at a
-  time, no graph, gateway or store.
+  time, no graph, gateway or store; bare_http: the http transport alone on the http
+  pipeline's requests. ``pipeline_own_cpu_ms_per_call_*`` is the difference: what the
+  graph, the batch stage, the gateway and the store add to a call.
 
 Each reports calls/s, items/s, efficiency = achieved / ideal (ideal = C / L calls/s) and
 CPU milliseconds per call (``time.process_time`` of this process: graph, gateway, store
@@ -124,6 +126,24 @@ async def bare_row(sim: SimServer, requests: list[dict], c: int, args) -> dict:
     return _row(len(requests), len(requests) * args.batch_size, wall, cpu, c, args.latency, sim.stats())
 
 
+async def bare_http_row(sim: SimServer, requests: list[dict], c: int, args) -> dict:
+    """The http transport alone (HTTPBackend.complete: one POST, parse), C at a time."""
+    backend = HTTPBackend(config("unused.db", sim.url, c, args.batch_size, "http").llm)
+    sem = asyncio.Semaphore(c)
+
+    async def one(req: dict) -> None:
+        async with sem:
+            assert (await backend.complete(dict(req))).text
+
+    await one(requests[0])  # the session opens outside the measurement
+    sim.reset_stats()
+    wall, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(r) for r in requests))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    await backend.aclose()
+    return _row(len(requests), len(requests) * args.batch_size, wall, cpu, c, args.latency, sim.stats())
+
+
 def _row(calls: int, items: int, wall: float, cpu: float, c: int, latency: float, stats: dict) -> dict:
     ideal = c / latency
     return {"calls": calls, "items": items, "wall_s": round(wall, 2), "calls_per_s": round(calls / wall, 1),
@@ -149,9 +169,15 @@ async def bench(args) -> dict:
         for c in args.concurrency:
             pipe, requests = await pipeline_row(sim, db, vrun.id, c, args)
             bare = await bare_row(sim, requests, c, args)
-            http, _ = await pipeline_row(sim, db, vrun.id, c, args, transport="http")
+            http, http_requests = await pipeline_row(sim, db, vrun.id, c, args, transport="http")
+            bare_http = await bare_http_row(sim, http_requests, c, args)
             out["rows"].append({"concurrency": c, "ideal_items_per_s": round(c / args.latency * args.batch_size, 1),
-                                "pipeline": pipe, "pipeline_http": http, "bare_litellm": bare,
+                                "pipeline": pipe, "pipeline_http": http, "bare_litellm": bare, "bare_http": bare_http,
+                                # what the pipeline (graph, batch stage, gateway, store) adds per call to its transport
+                                "pipeline_own_cpu_ms_per_call_litellm": round(pipe["cpu_ms_per_call"]
+                                                                              - bare["cpu_ms_per_call"], 2),
+                                "pipeline_own_cpu_ms_per_call_http": round(http["cpu_ms_per_call"]
+                                                                           - bare_http["cpu_ms_per_call"], 2),
                                 "cpu_ratio_pipeline_to_bare": round(pipe["cpu_ms_per_call"] / bare["cpu_ms_per_call"], 2),
                                 "cpu_ratio_pipeline_http_to_bare": round(http["cpu_ms_per_call"]
                                                                          / bare["cpu_ms_per_call"], 2),

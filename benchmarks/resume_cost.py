@@ -120,7 +120,7 @@ def main(a) -> dict:
         while time.time() < deadline and child.poll() is None:
             time.sleep(0.01)
             try:
-                stored = count(db2, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'")
+                stored = count(db2, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL")
             except sqlite3.OperationalError:
                 continue
             if stored >= target:
@@ -131,7 +131,7 @@ def main(a) -> dict:
         crash_wall = time.perf_counter() - t
         trun = [r for (r,) in sqlite3.connect(db2).execute("SELECT id FROM run WHERE kind = 'tag'")][0]
         kept = count(db2, "SELECT COUNT(*) FROM llm_call WHERE run_id = ? AND cache_hit = 0 AND error IS NULL", trun)
-        stored = count(db2, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'tag'", trun)
+        stored = count(db2, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", trun)
         time.sleep(a.latency + 0.2)  # let the server finish the requests the dead process left
         after_kill = sim.stats()
         sim.reset_stats()
@@ -145,7 +145,7 @@ def main(a) -> dict:
         finish(proc, "resume")
         resume_wall = time.perf_counter() - t
         resumed = sim.stats()
-        tags = count(db2, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'tag'", trun)
+        tags = count(db2, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", trun)
         status = sqlite3.connect(db2).execute("SELECT status FROM run WHERE id = ?", (trun,)).fetchone()[0]
         dupes = count(db2, "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) n FROM llm_call WHERE cache_hit = 0 "
                            "AND error IS NULL GROUP BY cache_key)")

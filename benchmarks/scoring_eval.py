@@ -73,7 +73,7 @@ async def main(args) -> dict:
         print(f"throughput: pipeline {n_tp / pipe_s:.2f} docs/s, loop {n_tp / loop_s:.2f} docs/s", file=sys.stderr)
         run, state = await execute("score", config, {"docs": docs})
         store = Store(f"{tmp}/p.db")
-        scores = {k: v["score"] for k, v in store.records(run.id, "score").items()}
+        scores = {k: v["score"] for k, v in store.results(run.id, "doc").items()}
         dens = {k: v["density"] for k, v in store.records(run.id, "density").items()}
         out["score_run"] = json.loads(run.metrics_json)
     ids = [d["id"] for d in docs]

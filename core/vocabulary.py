@@ -16,6 +16,7 @@ applies, one by one, keeping the cardinality bounds.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ def usable(name: str) -> bool:
     return bool(name) and name not in RESERVED and re.search(r"[a-z]", name) is not None
 
 
+@functools.lru_cache(maxsize=65536)  # model answers repeat the same few names
 def slug(text: str) -> str:
     """Canonical descriptor name: lower case words joined by '-'.  'Film Noir ' -> 'film-noir'"""
     s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")

@@ -2,7 +2,7 @@
 ordered coarse to fine, several items per call.
 
 A batch stage (pipelines/batch.py): items stream from the source into the store (kind
-"item"), waves of pending items are tagged, a batch's tags (kind "tag") are written the
+"item"), waves of pending items are tagged, a batch's tags are written onto its items the
 moment they arrive, so the run is idempotent and resumable: items already tagged are never
 sent again, and a batch in flight at a crash is answered from the response cache.
 """
@@ -43,7 +43,7 @@ class AssignStage:
     out-of-vocabulary answers, and the assigner agent. Items the model could not tag after
     its re-asks come back failed (written, retried once one by one)."""
 
-    input_kind, output_kind = "item", "tag"
+    input_kind = "item"
 
     def __init__(self, ctx: RunContext, params: dict):
         self.ctx = ctx
@@ -107,7 +107,9 @@ def finish(ctx: RunContext, state: State) -> dict:
     acc = TagMetrics(vocab)
     failed = 0
     sids: set[int] = set()
-    for _, rec in ctx.store.iter_records(ctx.run_id, "tag"):
+    for _, _, rec in ctx.store.iter_results(ctx.run_id, "item"):
+        if rec is None:
+            continue
         acc.add(rec["descriptors"])
         failed += rec["status"] == "failed"
         sids.add(hash(tuple(rec.get("semantic_id", []))))
@@ -132,7 +134,7 @@ def finish(ctx: RunContext, state: State) -> dict:
 
 
 def export_rows(store, run) -> Iterator[dict]:
-    for key, item, tag in store.iter_joined(run.id, "item", "tag"):
+    for key, item, tag in store.iter_results(run.id, "item"):
         if tag is None:  # not tagged yet (a run that has not finished)
             continue
         yield {"id": key, "descriptors": tag["descriptors"], "semantic_id": tag["semantic_id"],

@@ -13,10 +13,9 @@ counters. The graph is the control flow; the store is the truth:
   cursor kept in the store, and writes the chunk's records (state ``pending``), the new
   cursor and the skip counters in one transaction. A resumed run loads on from there, and
   refuses with one line a source that changed underneath it.
-- ``wave`` takes up to ``wave_size`` pending records by an indexed query (its cost does
-  not grow with what is done), runs their batches concurrently through the engine, and
-  writes each batch's outputs, its records' new state and its counters in one
-  group-committed transaction the moment it is answered. A crash loses at most the
+- ``wave`` streams pending records by an indexed query (its cost does not grow with what
+  is done) through the engine, and writes each batch's records' new state and result and
+  its counters in one group-committed transaction the moment it is answered. A crash loses at most the
   batches in flight, whose calls the response cache may already hold.
 - ``retry`` puts failed records back once more (in batches of one).
 
@@ -54,6 +53,7 @@ from tagsmith.store.db import Write
 
 Record = tuple[str, dict[str, Any]]  # (key, data)
 CHECKPOINTS_KEPT = 2  # while a run goes on; a finished run keeps its last one
+WAVE_ROUNDS = 4  # a wave streams this many wave_size's worth of records between checkpoints
 
 
 @dataclass
@@ -69,10 +69,9 @@ class BatchResult:
 
 class Stage(Protocol):
     """The per-run part of a batch pipeline. ``input_kind`` records are the work (loaded
-    from the source), ``output_kind`` records the results, both keyed by the record's id."""
+    from the source, keyed by the record's id); each keeps its result once processed."""
 
     input_kind: str
-    output_kind: str
     batch_size: int
 
     async def process(self, batch: list[Record]) -> BatchResult: ...
@@ -230,21 +229,27 @@ def load_metrics(stats: dict[str, float]) -> dict[str, Any]:
 
 
 # -- the engine -----------------------------------------------------------------------------------
+Fetch = Callable[[int, int], list[tuple[int, str, dict[str, Any]]]]  # (after row id, n) -> (id, key, data)
+
+
 class AsyncioEngine:
-    """Runs a wave's batches in this process: all of them started at once, at most
-    ``2 x llm.concurrency`` past their prompt building (the gateway's own limit keeps C calls
-    in flight), each batch's outcome written the moment it is answered."""
+    """Runs a wave in this process as a stream, not a barrier: batches start as slots free up
+    (at most ``2 x llm.concurrency`` past their prompt building; the gateway's own limit
+    keeps C calls in flight), the next pending records are read from the store as the
+    queue runs low, and each batch's outcome is written the moment it is answered. Only the
+    wave's end waits for its slowest batch."""
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-        self.slots = asyncio.Semaphore(2 * ctx.config.llm.concurrency)
+        self.slots = 2 * ctx.config.llm.concurrency
 
-    async def run(self, stage: Stage, batches: list[list[Record]]) -> dict[str, float]:
+    async def run(self, stage: Stage, fetch: Fetch, quota: int, batch_size: int) -> dict[str, float]:
         ctx = self.ctx
-        totals = {"batches": 0.0, "failed_batches": 0.0}
+        totals = {"batches": 0.0, "records": 0.0, "failed_batches": 0.0}
+        free = asyncio.Semaphore(self.slots)
 
         async def one(batch: list[Record]) -> None:
-            async with self.slots:
+            try:
                 try:
                     result = await stage.process(batch)
                 except BudgetExceeded:
@@ -254,18 +259,29 @@ class AsyncioEngine:
                     result = BatchResult(failed=[(k, stage.failure(k, reason)) for k, _ in batch],
                                          stats={"failed_batches": 1})
                     totals["failed_batches"] += 1
-                await ctx.store.write(ctx.store.work_write(ctx.run_id, stage.input_kind, stage.output_kind,
-                                                           result.done, result.failed,
+                await ctx.store.write(ctx.store.work_write(ctx.run_id, stage.input_kind, result.done, result.failed,
                                                            {"batches": 1, **result.stats}))
+            finally:
+                free.release()
             totals["batches"] += 1
             ctx.advance(len(batch))
 
+        after, taken = 0, 0
         try:
             async with asyncio.TaskGroup() as tg:  # one batch's budget stop or store error cancels the others
-                for b in batches:
-                    tg.create_task(one(b))
+                while taken < quota:
+                    n = min(quota - taken, self.slots * batch_size)
+                    rows = await asyncio.to_thread(fetch, after, n)
+                    if not rows:
+                        break
+                    after = rows[-1][0]
+                    taken += len(rows)
+                    for i in range(0, len(rows), batch_size):
+                        await free.acquire()  # a slot: the queue of prompts to build stays short
+                        tg.create_task(one([(k, d) for _, k, d in rows[i:i + batch_size]]))
         except BaseExceptionGroup as group:
             raise _first(group) from None
+        totals["records"] = taken
         return totals
 
 
@@ -318,11 +334,13 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
         ctx = runtime.context
         stage = stage_of(ctx, state)
         size = wave_size(ctx)
-        records = await asyncio.to_thread(ctx.store.next_work, ctx.run_id, stage.input_kind, size)
         bsize = 1 if state.get("retry_round", 0) else stage.batch_size  # a retry goes one by one
-        batches = [records[i:i + bsize] for i in range(0, len(records), bsize)]
+
+        def fetch(after: int, n: int) -> list[tuple[int, str, dict[str, Any]]]:
+            return ctx.store.next_work(ctx.run_id, stage.input_kind, n, after=after)
+
         started = time.process_time()
-        await AsyncioEngine(ctx).run(stage, batches)
+        await AsyncioEngine(ctx).run(stage, fetch, quota=size * WAVE_ROUNDS, batch_size=bsize)
         await ctx.store.add_stats(ctx.run_id, {"waves": 1, "wave_cpu_s": time.process_time() - started})
         if ctx.checkpoints is not None:
             await ctx.checkpoints.prune(ctx.run_id, keep=CHECKPOINTS_KEPT)

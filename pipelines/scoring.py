@@ -2,7 +2,8 @@
 density from a locality-sensitive-hashing sketch over MiniLM embeddings.
 
 A batch stage (pipelines/batch.py): documents stream from the source into the store (kind
-"doc"), waves of pending documents are scored (kind "score"), resumable and idempotent.
+"doc"), waves of pending documents are scored (each score kept on its document),
+resumable and idempotent.
 After the waves, the density phase goes through the documents in chunks, in load order:
 
     ... waves -> embed (a chunk at a time) -> densities (a chunk at a time) -> finalize
@@ -50,7 +51,7 @@ class State(BatchState, total=False):
 class ScoreStage:
     """Score a batch of documents, each its own call (the gateway's limit paces them)."""
 
-    input_kind, output_kind = "doc", "score"
+    input_kind = "doc"
 
     def __init__(self, ctx: RunContext, params: dict):
         self.ctx = ctx
@@ -143,7 +144,8 @@ def embed(state: State, runtime: Runtime) -> dict:
             from scipy.stats import spearmanr
 
             exact = exact_kde(vecs, bandwidth=cfg.density_width, kernel="lsh", projections=cfg.density_projections)
-            out["density_check"] = {"spearman_vs_exact": float(spearmanr(dens, exact).statistic), "n": len(docs)}
+            rho = float(spearmanr(dens, exact).statistic) if np.ptp(dens) > 0 and np.ptp(exact) > 0 else None
+            out["density_check"] = {"spearman_vs_exact": rho, "n": len(docs)}
     else:
         rows, kind = [(k, {"b": _codes(c)}) for (_, k, _), c in zip(docs, codes)], "dcode"
     store.put_chunk(run_id, kind, rows, cursor=("embed", {"after": docs[-1][0]}),
@@ -181,7 +183,7 @@ def initial_state(inputs: dict) -> dict:
 def finish(ctx: RunContext, state: State) -> dict:
     st = ctx.store.stats(ctx.run_id)
     run = ctx.store.require_run(ctx.run_id)
-    docs = ctx.store.count_records(ctx.run_id, "score")
+    docs = ctx.store.count_work(ctx.run_id, "doc", "done") + ctx.store.count_work(ctx.run_id, "doc", "failed")
     n = max(1, docs)
     scored = int(st.get("scored", 0))
     return {"docs": docs, "scored": scored,
@@ -194,7 +196,7 @@ def finish(ctx: RunContext, state: State) -> dict:
 
 def export_rows(store, run) -> Iterator[dict]:
     dens = store.iter_joined(run.id, "doc", "density")
-    for (key, doc, score), (_, _, d) in zip(store.iter_joined(run.id, "doc", "score"), dens):
+    for (key, doc, score), (_, _, d) in zip(store.iter_results(run.id, "doc"), dens):
         if score is None:
             continue
         yield {"id": key, "askllm": score["score"], "method": score["method"],

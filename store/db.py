@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import os
 import queue
 import secrets
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import StaticPool
@@ -54,6 +56,15 @@ def sqlite_path(url: str) -> str | None:
     return path or None
 
 
+def _dumps(value: Any) -> str:
+    """JSON for the store's hot paths (records, results, cache entries): orjson, several
+    times faster than json; NaN becomes null; unknown types become their str()."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+_loads = orjson.loads
+
+
 def describe_db_error(exc: Exception, url: str) -> str:
     msg = str(getattr(exc, "orig", exc)).lower()
     where = sqlite_path(url) or url
@@ -79,7 +90,7 @@ _CALL_DEFAULTS = {"node": "", "model": "", "cache_key": "", "messages_json": "[]
 @dataclass
 class Write:
     """A write as parameter rows for the store's prepared statements (``llm_call``,
-    ``llm_cache``, ``run_record``, ``record_state``) plus deltas to a run's totals and
+    ``llm_cache``, ``run_record``, ``record_done``) plus deltas to a run's totals and
     counters, so that the writer can merge a group of writes into one executemany per
     statement. ``result`` is what the caller gets back."""
 
@@ -217,6 +228,7 @@ class Store:
         # group instead of per LLM call is most of the store's CPU per call. Cache lookups
         # are grouped the same way (one SELECT ... IN for a wave of calls).
         self._statements: dict[str, Any] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...]], tuple] = {}
         self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact)
         self._reader = _Batcher("tagsmith-cache-reader", self._cache_get_many, single=self.cache_get)
 
@@ -243,9 +255,10 @@ class Store:
     @contextmanager
     def _db_errors(self) -> Iterator[None]:
         """SQLite's locked / read-only / full errors become one-line StoreErrors."""
+        driver_error = getattr(self.engine.dialect.dbapi, "OperationalError", OperationalError)
         try:
             yield
-        except OperationalError as exc:
+        except (OperationalError, driver_error) as exc:  # the hot write path uses the driver's cursor
             raise StoreError(describe_db_error(exc, self.url)) from exc
 
     @contextmanager
@@ -281,20 +294,76 @@ class Store:
                 for name, value in w.stats.items():
                     stats[(w.run_id, name)] = stats.get((w.run_id, name), 0.0) + value
                 results.append(w.result)
-            for name in ("llm_call", "llm_cache", "run_record", "record_state"):  # records before their states
+            for name in ("llm_call", "llm_cache", "run_record", "record_done"):  # records before their states
                 if name in merged:
-                    conn.execute(self._statement(name), merged.pop(name))
+                    self._execute_prepared(conn, name, merged.pop(name))
             for name, rows in merged.items():
-                conn.execute(self._statement(name), rows)
+                self._execute_prepared(conn, name, rows)
             if stats:
-                conn.execute(self._statement("run_stat"),
-                             [{"run_id": r, "name": n, "value": v} for (r, n), v in stats.items()])
+                self._execute_prepared(conn, "run_stat",
+                                       [{"run_id": r, "name": n, "value": v} for (r, n), v in stats.items()])
             if totals:
                 now = utcnow()
-                conn.execute(self._statement("run_totals"),
-                             [{"rid": rid, "now": now, **{f"d_{k}": v for k, v in t.items()}}
-                              for rid, t in totals.items()])
+                self._execute_prepared(conn, "run_totals", [{"rid": rid, "now": now, **{f"d_{k}": v for k, v in t.items()}}
+                                                            for rid, t in totals.items()])
             return results
+
+    def _execute_prepared(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
+        """One executemany of a write-path statement, compiled once to the driver's SQL and
+        run on the driver's cursor inside the transaction: a group of LLM calls and batch
+        results skips SQLAlchemy's per-statement and per-row work, which cost more CPU than
+        the database's own."""
+        keys = tuple(rows[0])
+        key = (name, keys)
+        prepared = self._compiled.get(key)
+        if prepared is None:
+            prepared = self._compiled[key] = self._prepare(name, keys)
+        sql, getter, defaults, converters = prepared
+        if defaults:
+            rows = [{**defaults, **r} for r in rows]
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            if getter is None:  # named parameters (psycopg): the rows as they are
+                cursor.executemany(sql, rows)
+            elif not converters:
+                cursor.executemany(sql, [getter(r) for r in rows])
+            else:
+                params = []
+                for r in rows:
+                    t = list(getter(r))
+                    for i, process in converters:
+                        t[i] = process(t[i])
+                    params.append(t)
+                cursor.executemany(sql, params)
+        finally:
+            cursor.close()
+
+    def _prepare(self, name: str, keys: tuple[str, ...]):
+        stmt = self._statement(name)
+        compiled = stmt.compile(dialect=self.engine.dialect, column_keys=list(keys))
+        # parameters the rows leave out: literals of the statement (attempts + 1) and columns
+        # with a default, filled as SQLAlchemy would
+        table = getattr(stmt, "table", None)
+        defaults: dict[str, Any] = {}
+        for p, bind in compiled.binds.items():
+            if p in keys:
+                continue
+            col = table.c.get(p) if table is not None else None
+            if col is not None and col.default is not None and col.default.is_scalar:
+                defaults[p] = col.default.arg
+            elif bind.value is not None:
+                defaults[p] = bind.value
+        order = compiled.positiontup
+        if order is None:
+            return compiled.string, None, defaults, ()
+        getter = (lambda r, k=order[0]: (r[k],)) if len(order) == 1 else operator.itemgetter(*order)
+        dialect = self.engine.dialect
+        converters = []  # what SQLAlchemy would do to a value on the way in (datetimes to text)
+        for i, p in enumerate(order):
+            process = compiled.binds[p].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                converters.append((i, process))
+        return compiled.string, getter, defaults, tuple(converters)
 
     def _statement(self, name: str):
         """Prepared statements of the write path, built once per store."""
@@ -309,11 +378,11 @@ class Store:
             ins = self._dialect_insert(RunRecord.__table__)
             stmt = ins.on_conflict_do_update(index_elements=["run_id", "kind", "key"],
                                              set_={"data_json": ins.excluded.data_json})
-        elif name == "record_state":  # a work record done or failed, one more try counted
+        elif name == "record_done":  # a work record done or failed, with its result; one more try counted
             c = RunRecord.__table__.c
             stmt = (update(RunRecord.__table__)
                     .where(c.run_id == bindparam("r"), c.kind == bindparam("k"), c.key == bindparam("b_key"))
-                    .values(state=bindparam("b_state"), attempts=c.attempts + bindparam("tried")))
+                    .values(state=bindparam("b_state"), attempts=c.attempts + 1, result_json=bindparam("b_result")))
         elif name == "run_stat":  # counters add up
             ins = self._dialect_insert(RunStat.__table__)
             stmt = ins.on_conflict_do_update(index_elements=["run_id", "name"],
@@ -407,14 +476,20 @@ class Store:
         return await asyncio.wrap_future(self._reader.submit(key))
 
     def _cache_get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        table = LLMCache.__table__
         found: dict[str, str] = {}
         uniq = list(dict.fromkeys(keys))
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         with self._db_errors(), self.engine.connect() as conn:
-            for i in range(0, len(uniq), 500):  # SQLite's bound-parameter limit
-                q = select(table.c.key, table.c.response_json).where(table.c.key.in_(uniq[i:i + 500]))
-                found.update(conn.execute(q).all())
-        return [json.loads(found[k]) if k in found else None for k in keys]
+            cursor = conn.connection.dbapi_connection.cursor()  # a hot path: the driver's cursor
+            try:
+                for i in range(0, len(uniq), 500):  # SQLite's bound-parameter limit
+                    part = uniq[i:i + 500]
+                    cursor.execute(f"SELECT key, response_json FROM llm_cache WHERE key IN "
+                                   f"({', '.join([mark] * len(part))})", part)
+                    found.update(cursor.fetchall())
+            finally:
+                cursor.close()
+        return [_loads(found[k]) if k in found else None for k in keys]
 
     async def alog_call(self, call: LLMCall | dict[str, Any], *,
                         cache_put: tuple[str, dict[str, Any]] | None = None) -> None:
@@ -432,7 +507,7 @@ class Store:
         w = Write(rows={"llm_call": [row]})
         if cache_put is not None:
             key, payload = cache_put
-            w.rows["llm_cache"] = [{"key": key, "model": row["model"], "response_json": json.dumps(payload),
+            w.rows["llm_cache"] = [{"key": key, "model": row["model"], "response_json": _dumps(payload),
                                     "created_at": row["created_at"]}]
         if row["run_id"]:
             hit = bool(row["cache_hit"])
@@ -462,7 +537,7 @@ class Store:
 
     def _records_write(self, run_id: str, kind: str, items: Iterable[tuple[str, Any]]) -> Write:
         now = utcnow()
-        rows = [{"run_id": run_id, "kind": kind, "key": str(k), "data_json": json.dumps(v, default=str),
+        rows = [{"run_id": run_id, "kind": kind, "key": str(k), "data_json": _dumps(v),
                  "created_at": now} for k, v in items]
         return Write(rows={"run_record": rows} if rows else {}, result=len(rows))
 
@@ -484,13 +559,13 @@ class Store:
                     t.c.run_id == run_id, t.c.kind == kind, t.c.key.in_(keys[i:i + 500]))).scalars())
             if existing and duplicates == "raise":
                 return sorted(existing)
-            fresh = [{"run_id": run_id, "kind": kind, "key": k, "data_json": json.dumps(d, default=str),
+            fresh = [{"run_id": run_id, "kind": kind, "key": k, "data_json": _dumps(d),
                       "created_at": now, "state": "pending", "attempts": 0} for k, d in rows if k not in existing]
             if fresh:
                 conn.execute(insert(t), fresh)
-            marks = [{"run_id": run_id, "kind": "cursor", "key": kind, "data_json": json.dumps(cursor),
+            marks = [{"run_id": run_id, "kind": "cursor", "key": kind, "data_json": _dumps(cursor),
                       "created_at": now}]
-            marks += [{"run_id": run_id, "kind": "load_error", "key": f"{n:03d}", "data_json": json.dumps(e),
+            marks += [{"run_id": run_id, "kind": "load_error", "key": f"{n:03d}", "data_json": _dumps(e),
                        "created_at": now} for n, e in errors or []]
             conn.execute(self._statement("run_record"), marks)
             if stats:
@@ -504,19 +579,23 @@ class Store:
         with self._db_errors(), self.engine.connect() as conn:
             data = conn.execute(select(t.c.data_json).where(t.c.run_id == run_id, t.c.kind == "cursor",
                                                             t.c.key == kind)).scalar()
-        return None if data is None else json.loads(data)
+        return None if data is None else _loads(data)
 
     @staticmethod
-    def next_work_query(run_id: str, kind: str, limit: int, state: str = "pending"):
+    def next_work_query(run_id: str, kind: str, limit: int, state: str = "pending", after: int = 0):
         t = RunRecord.__table__
-        return (select(t.c.key, t.c.data_json).where(t.c.run_id == run_id, t.c.kind == kind, t.c.state == state)
+        return (select(t.c.id, t.c.key, t.c.data_json)
+                .where(t.c.run_id == run_id, t.c.kind == kind, t.c.state == state, t.c.id > after)
                 .order_by(t.c.id).limit(limit))
 
-    def next_work(self, run_id: str, kind: str, limit: int, state: str = "pending") -> list[tuple[str, Any]]:
-        """Up to ``limit`` work records in ``state``, in load order: an indexed range scan of
-        (run_id, kind, state, id), whose cost does not grow with what is done."""
+    def next_work(self, run_id: str, kind: str, limit: int, state: str = "pending",
+                  after: int = 0) -> list[tuple[int, str, Any]]:
+        """Up to ``limit`` work records in ``state`` after row id ``after``, in load order, as
+        (row id, key, data): an indexed range scan of (run_id, kind, state, id), whose cost
+        does not grow with what is done."""
+        q = self.next_work_query(run_id, kind, limit, state, after)
         with self._db_errors(), self.engine.connect() as conn:
-            return [(k, json.loads(d)) for k, d in conn.execute(self.next_work_query(run_id, kind, limit, state)).all()]
+            return [(i, k, _loads(d)) for i, k, d in conn.execute(q).all()]
 
     def count_work(self, run_id: str, kind: str, state: str, cap: int | None = None) -> int:
         """How many work records are in ``state`` (counting stops at ``cap``: O(cap))."""
@@ -527,21 +606,15 @@ class Store:
         with self._db_errors(), self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
-    def work_write(self, run_id: str, kind: str, out_kind: str, done: list[tuple[str, Any]],
-                   failed: list[tuple[str, Any]], stats: dict[str, float]) -> Write:
-        """The outcome of one batch as ONE write: output records, the inputs' new states and
-        the counters (group-committed with the calls that paid for them)."""
-        now = utcnow()
-        outputs = [{"run_id": run_id, "kind": out_kind, "key": k, "data_json": json.dumps(d, default=str),
-                    "created_at": now} for k, d in done + failed]
-        states = ([{"r": run_id, "k": kind, "b_key": k, "b_state": "done", "tried": 1} for k, _ in done]
-                  + [{"r": run_id, "k": kind, "b_key": k, "b_state": "failed", "tried": 1} for k, _ in failed])
-        rows: dict[str, list[dict[str, Any]]] = {}
-        if outputs:
-            rows["run_record"] = outputs
-        if states:
-            rows["record_state"] = states
-        return Write(rows=rows, run_id=run_id, stats=stats, result=len(states))
+    def work_write(self, run_id: str, kind: str, done: list[tuple[str, Any]], failed: list[tuple[str, Any]],
+                   stats: dict[str, float]) -> Write:
+        """The outcome of one batch as ONE write: each work record's new state and result,
+        and the counters (group-committed with the calls that paid for them)."""
+        rows = ([{"r": run_id, "k": kind, "b_key": k, "b_state": "done", "b_result": _dumps(d)}
+                 for k, d in done]
+                + [{"r": run_id, "k": kind, "b_key": k, "b_state": "failed", "b_result": _dumps(d)}
+                   for k, d in failed])
+        return Write(rows={"record_done": rows} if rows else {}, run_id=run_id, stats=stats, result=len(rows))
 
     def retry_failed(self, run_id: str, kind: str, max_attempts: int) -> int:
         """Failed work records tried fewer than ``max_attempts`` times go back to pending."""
@@ -565,7 +638,7 @@ class Store:
         q = (select(t.c.id, t.c.key, t.c.data_json).where(t.c.run_id == run_id, t.c.kind == kind, t.c.id > after)
              .order_by(t.c.id).limit(limit))
         with self._db_errors(), self.engine.connect() as conn:
-            return [(i, k, json.loads(d)) for i, k, d in conn.execute(q).all()]
+            return [(i, k, _loads(d)) for i, k, d in conn.execute(q).all()]
 
     def iter_records(self, run_id: str, kind: str, chunk: int = 5000) -> Iterator[tuple[str, Any]]:
         """Every record of ``kind`` in load order, read ``chunk`` rows at a time (keyset
@@ -587,10 +660,29 @@ class Store:
             writes.append(lambda conn: self._put_blob(conn, run_id, *blob))
         self.transact_many(writes)
 
+    def iter_results(self, run_id: str, kind: str, chunk: int = 5000) -> Iterator[tuple[str, Any, Any]]:
+        """(key, data, result) of every work record of ``kind`` in load order (result None
+        while it is pending), ``chunk`` rows at a time: exports and metrics stream."""
+        t = RunRecord.__table__
+        last = 0
+        while True:
+            q = (select(t.c.id, t.c.key, t.c.data_json, t.c.result_json)
+                 .where(t.c.run_id == run_id, t.c.kind == kind, t.c.id > last).order_by(t.c.id).limit(chunk))
+            with self._db_errors(), self.engine.connect() as conn:
+                rows = conn.execute(q).all()
+            for _, key, data, result in rows:
+                yield key, _loads(data), None if result is None else _loads(result)
+            if len(rows) < chunk:
+                return
+            last = rows[-1][0]
+
+    def results(self, run_id: str, kind: str) -> dict[str, Any]:
+        """key -> result of the work records that have one (a small run's, at once)."""
+        return {k: r for k, _, r in self.iter_results(run_id, kind) if r is not None}
+
     def iter_joined(self, run_id: str, kind: str, other: str, chunk: int = 5000) -> Iterator[tuple[str, Any, Any]]:
         """(key, record of ``kind``, record of ``other`` with the same key or None), in the
-        load order of ``kind``, ``chunk`` rows at a time: an export joins items to their
-        tags without holding either."""
+        load order of ``kind``, ``chunk`` rows at a time."""
         a, b = RunRecord.__table__.alias("a"), RunRecord.__table__.alias("b")
         last = 0
         while True:
@@ -600,7 +692,7 @@ class Store:
             with self._db_errors(), self.engine.connect() as conn:
                 rows = conn.execute(q).all()
             for _, key, data, joined in rows:
-                yield key, json.loads(data), None if joined is None else json.loads(joined)
+                yield key, _loads(data), None if joined is None else _loads(joined)
             if len(rows) < chunk:
                 return
             last = rows[-1][0]
@@ -630,7 +722,7 @@ class Store:
             rows = s.exec(select(RunRecord.key, RunRecord.data_json)
                           .where(RunRecord.run_id == run_id, RunRecord.kind == kind)
                           .order_by(RunRecord.id)).all()
-            return {k: json.loads(d) for k, d in rows}
+            return {k: _loads(d) for k, d in rows}
 
     def record_keys(self, run_id: str, kind: str) -> set[str]:
         with self.session() as s:

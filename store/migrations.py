@@ -35,9 +35,19 @@ def m002_work_states_stats_blobs(conn: Connection) -> None:
     _create(conn, models.RunStat, models.RunBlob)
 
 
+def m003_results_in_work_records(conn: Connection) -> None:
+    """A work record keeps its result (one row write per item, not two), and indexes no
+    query uses go: each was one more B-tree write per row."""
+    if "result_json" not in {c["name"] for c in inspect(conn).get_columns("run_record")}:
+        conn.execute(text("ALTER TABLE run_record ADD COLUMN result_json TEXT"))
+    for index in ("ix_run_record_run_id", "ix_llm_call_run_id", "ix_llm_call_cache_key"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_runs_calls_cache", m001_runs_calls_cache),
     ("002_work_states_stats_blobs", m002_work_states_stats_blobs),
+    ("003_results_in_work_records", m003_results_in_work_records),
 ]
 
 

@@ -48,10 +48,10 @@ class LLMCall(SQLModel, table=True):
     __tablename__ = "llm_call"
     __table_args__ = (Index("ix_llm_call_run_node", "run_id", "node"),)
     id: int | None = Field(default=None, primary_key=True)
-    run_id: str | None = Field(default=None, index=True)
+    run_id: str | None = None  # looked up through (run_id, node)
     node: str = ""
     model: str = ""
-    cache_key: str = Field(default="", index=True)
+    cache_key: str = ""
     messages_json: str = Field(default="[]", sa_column=Column(Text))
     response_text: str | None = Field(default=None, sa_column=Column(Text))
     prompt_tokens: int = 0
@@ -86,7 +86,7 @@ class RunRecord(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("run_id", "kind", "key", name="uq_run_record"),
                       Index("ix_run_record_work", "run_id", "kind", "state", "id"))
     id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(index=True)
+    run_id: str  # looked up through (run_id, kind, key) and (run_id, kind, state, id)
     kind: str
     key: str
     data_json: str = Field(sa_column=Column(Text))
@@ -96,6 +96,7 @@ class RunRecord(SQLModel, table=True):
     # (run_id, kind, state, id): its cost does not grow with what is done. NULL elsewhere.
     state: str | None = Field(default=None, max_length=8)
     attempts: int = 0
+    result_json: str | None = Field(default=None, sa_column=Column(Text))  # what the stage made of it
 
 
 class RunStat(SQLModel, table=True):

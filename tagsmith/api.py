@@ -265,10 +265,10 @@ def select(run_id: str, config: Config, *, method: Literal["askllm", "density", 
         run = st.require_run(run_id, kind="score")
         ids: list[str] = []
         quality: list[float | None] = []
-        for key, _, score in st.iter_joined(run.id, "doc", "score"):  # in load order, a chunk at a time
+        for key, _, score in st.iter_results(run.id, "doc"):  # in load order, a chunk at a time
             ids.append(key)
             quality.append(None if score is None else score["score"])
-        if all(q is None for q in quality) and not st.count_records(run.id, "score"):
+        if all(q is None for q in quality) and not st.count_work(run.id, "doc", "done"):
             raise ConfigError(f"run {run.id} has no scores yet (tagsmith resume {run.id})")
         dens_list = [None if d is None else d["density"] for _, _, d in st.iter_joined(run.id, "doc", "density")]
     askllm = quality if any(q is not None for q in quality) else None

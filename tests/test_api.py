@@ -78,7 +78,7 @@ def test_cli_and_library_give_the_same_vocabulary_and_tags(tmp_path):
     lib_store = api.open_store(config)
     assert (store.records(cli_vocab.id, "vocabulary")["final"]["vocabulary"]
             == lib_store.records(vocab.id, "vocabulary")["final"]["vocabulary"])
-    assert store.records(cli_tag.id, "tag") == lib_store.records(tagged.id, "tag")
+    assert store.results(cli_tag.id, "item") == lib_store.results(tagged.id, "item")
     assert stable(json.loads(cli_vocab.metrics_json)) == stable(vocab.metrics)
     assert stable(json.loads(cli_tag.metrics_json)) == stable(tagged.metrics)
     assert vocab.metrics["sample_items"] == 12 and vocab.metrics["catalog_items"] == 30

@@ -176,7 +176,7 @@ def test_a_failed_batch_is_retried_one_item_at_a_time(tmp_path, db_path):
     assert broken["n"] == 3  # the first ask and its two re-asks
     assert m["failed_items"] == 0 and m["items"] == 10 and m["coverage"] == 1.0
     assert result.run.status == "done"
-    tags = dict(sql(db_path, "SELECT key, data_json FROM run_record WHERE run_id = ? AND kind = 'tag'", result.id))
+    tags = dict(sql(db_path, "SELECT key, result_json FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", result.id))
     assert json.loads(tags["3"])["status"] == "ok"
     assert sql(db_path, "SELECT value FROM run_stat WHERE run_id = ? AND name = 'retried'", result.id) == [(5.0,)]
 
@@ -234,7 +234,7 @@ def test_a_signal_marks_the_run_interrupted_releases_the_store_and_resume_finish
     while time.time() < deadline:
         time.sleep(0.1)
         try:
-            if sql(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'")[0][0] >= 6:
+            if sql(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL")[0][0] >= 6:
                 break
         except sqlite3.OperationalError:
             continue
@@ -251,5 +251,5 @@ def test_a_signal_marks_the_run_interrupted_releases_the_store_and_resume_finish
     register_backend("fake", lambda c: fake)
     assert main(["resume", run_id, "--db", db_path, "--no-progress"]) == 0
     assert sql(db_path, "SELECT status FROM run WHERE id = ?", run_id) == [("done",)]
-    assert sql(db_path, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'tag'", run_id) == [(80,)]
+    assert sql(db_path, "SELECT COUNT(*) FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", run_id) == [(80,)]
     no_call_paid_twice(db_path)

@@ -65,7 +65,7 @@ def test_tagging_quickstart_on_the_bundled_model(capsys, db_path, tmp_path):
     assert vocab_run.status == tag_run.status == "done"
     vocab = Vocabulary.model_validate(store.records(vocab_run.id, "vocabulary")["final"]["vocabulary"])
     assert vocab.facets[0].name == "genres" and vocab.size() >= 5
-    tags = store.records(tag_run.id, "tag")
+    tags = store.results(tag_run.id, "item")
     assert len(tags) == 12
     names = set(vocab.names())
     assert all(set(t["descriptors"]) <= names for t in tags.values())  # grammar keeps tags in vocabulary

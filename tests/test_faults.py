@@ -124,9 +124,9 @@ def run_pipelines(tmp: Path, common: list[str]) -> dict:
             "status": {k: runs[r].status for k, r in (("vocab", vrun), ("tag", trun), ("score", srun))},
             "vocab": store.records(vrun, "vocabulary")["final"]["vocabulary"],
             "versions": sorted(store.records(vrun, "vocab_version")),
-            "tags": {k: v["descriptors"] for k, v in store.records(trun, "tag").items()},
-            "tag_status": {k: v["status"] for k, v in store.records(trun, "tag").items()},
-            "scores": {k: (v["score"], v["method"]) for k, v in store.records(srun, "score").items()},
+            "tags": {k: v["descriptors"] for k, v in store.results(trun, "item").items()},
+            "tag_status": {k: v["status"] for k, v in store.results(trun, "item").items()},
+            "scores": {k: (v["score"], v["method"]) for k, v in store.results(srun, "doc").items()},
             "failed_calls": sql(db, "SELECT COUNT(*) FROM llm_call WHERE error IS NOT NULL")[0][0],
             "retries": sql(db, "SELECT COALESCE(SUM(attempts - 1), 0) FROM llm_call WHERE cache_hit = 0")[0][0],
             "reasks": sql(db, "SELECT COALESCE(SUM(reasks), 0) FROM llm_call")[0][0],
@@ -370,9 +370,9 @@ class KillCase:
                 out = {"versions": {k: v["vocabulary"] for k, v in store.records(run_id, "vocab_version").items()},
                        "final": store.records(run_id, "vocabulary")["final"]["vocabulary"]}
             elif self.name == "assign":
-                out = {"tags": {k: v["descriptors"] for k, v in store.records(run_id, "tag").items()}}
+                out = {"tags": {k: v["descriptors"] for k, v in store.results(run_id, "item").items()}}
             elif self.name == "score":
-                out = {"scores": {k: v["score"] for k, v in store.records(run_id, "score").items()}}
+                out = {"scores": {k: v["score"] for k, v in store.results(run_id, "doc").items()}}
             else:
                 out = {"candidates": {k: (v["program"], v["score"]) for k, v in
                                       store.records(run_id, "candidate").items()},
@@ -511,7 +511,7 @@ def _resume_to_the_end(db: str, kind: str, n_items: int, common: list[str]) -> F
     code, _ = cli("resume", run_id, "--db", db, "--no-progress")
     assert code == 0
     assert sql(db, "SELECT status FROM run WHERE id = ?", run_id) == [("done",)]
-    keys = [k for (k,) in sql(db, "SELECT key FROM run_record WHERE run_id = ? AND kind = 'tag'", run_id)]
+    keys = [k for (k,) in sql(db, "SELECT key FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", run_id)]
     assert sorted(map(int, keys)) == list(range(1, n_items + 1))  # nothing lost, nothing twice
     no_call_paid_twice(db)
     return fake
@@ -558,7 +558,7 @@ def test_database_locked_mid_run_fails_cleanly_then_resumes(tmp_path):
     while time.time() < deadline and child.poll() is None:
         time.sleep(0.02)
         try:
-            if sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'")[0][0] >= 15:
+            if sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL")[0][0] >= 15:
                 break
         except sqlite3.OperationalError:
             continue
@@ -572,7 +572,7 @@ def test_database_locked_mid_run_fails_cleanly_then_resumes(tmp_path):
     assert child.returncode == 1
     assert "database is locked by another process" in one_line(err)
     _intact(db, vrun, before)
-    done_at_lock = sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'")[0][0]
+    done_at_lock = sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL")[0][0]
     assert 15 <= done_at_lock < 90
     fake = _resume_to_the_end(db, "tag", 90, common)
     # calls answered while the lock was held could not be stored: at most the two in flight
@@ -644,8 +644,8 @@ def test_full_disk_one_line_intact_then_resume(tmp_path, mount_point, capsys):
     big = write_jsonl(tmp_path / "big.jsonl", [{"id": str(i), "text": f"Movie {i} " + "lorem ipsum " * 150}
                                                for i in range(1, 201)])
     filler = fs / "filler"
-    with open(filler, "wb") as f:  # leave about 3 MB: the item rows fit, the tagging does not
-        f.write(b"\0" * max(0, shutil.disk_usage(fs).free - 3000 * 1024))
+    with open(filler, "wb") as f:  # leave about 1 MB: the item rows fit, the tagging does not
+        f.write(b"\0" * max(0, shutil.disk_usage(fs).free - 1000 * 1024))
     capsys.readouterr()
     code, _ = cli("tag", str(big), "--text-field", "text", "--vocab", vrun, "--db", db, *common)
     assert code == 1
@@ -685,7 +685,7 @@ def test_database_full_by_page_limit_then_resume(tmp_path, monkeypatch, capsys):
                                                  "in this transaction was kept")
     monkeypatch.setattr(Store, "__init__", real_init)
     _intact(db, vrun, before)
-    stored = sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'")[0][0]
+    stored = sql(db, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL")[0][0]
     assert stored < 60
     _resume_to_the_end(db, "tag", 60, common)
 
@@ -747,8 +747,8 @@ def test_bad_input_names_file_and_line_or_is_skipped(case, command, tmp_path, db
         assert (m["catalog_items"], m["sample_items"], m["skipped"]) == (12, 12, 1)
         keys = {str(i) for i in range(1, 13)}
     else:
-        keys = {k for (k,) in sql(db_path, "SELECT key FROM run_record WHERE run_id = ? AND kind = ?", run_id,
-                                  "tag" if command == "tag" else "score")}
+        keys = {k for (k,) in sql(db_path, "SELECT key FROM run_record WHERE run_id = ? AND kind = ? AND "
+                                           "result_json IS NOT NULL", run_id, "item" if command == "tag" else "doc")}
     assert keys == {str(i) for i in range(1, 13)}
     assert sql(db_path, "PRAGMA integrity_check") == [("ok",)]
 
@@ -819,7 +819,7 @@ def test_prompt_injection_in_items_stays_in_vocabulary(tmp_path, db_path):
         try:
             vocab = store.records(vrun, "vocabulary")["final"]["vocabulary"]
             names = {d["name"] for f in vocab["facets"] for d in f["descriptors"]}
-            tags = store.records(trun, "tag")
+            tags = store.results(trun, "item")
             versions = store.records(vrun, "vocab_version")
             vmetrics = json.loads(store.require_run(vrun).metrics_json)
             tmetrics = json.loads(store.require_run(trun).metrics_json)

@@ -150,8 +150,13 @@ def test_tags_from_a_store_run(store):
     run = store.create_run("tag", config={})
     store.put_records(run.id, "tag", [("1", {"descriptors": ["comedy", "family"], "semantic_id": ["comedy", ""],
                                              "by_facet": {}, "status": "ok"})])
-    t = tagmod.from_run(store.url.removeprefix("sqlite:///"), run.id)
+    t = tagmod.from_run(store.url.removeprefix("sqlite:///"), run.id)  # a run of an earlier version
     assert t.get("1") == ["comedy", "family"] and t.semantic_ids == {"1": ["comedy", ""]}
+    now = store.create_run("tag", config={})  # today's: the tags are the results of the run's items
+    store.load_work(now.id, "item", [("2", {"text": "Up"})], cursor={"file": 0, "records": 1, "exhausted": True})
+    store.transact(store.work_write(now.id, "item", [("2", {"descriptors": ["family"], "semantic_id": ["x"]})],
+                                    [], {}))
+    assert tagmod.from_run(store.url.removeprefix("sqlite:///"), now.id).get("2") == ["family"]
     empty = store.create_run("vocab", config={})
     with pytest.raises(ConfigError, match="no item tags"):
         tagmod.from_run(store.url.removeprefix("sqlite:///"), empty.id)

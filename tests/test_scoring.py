@@ -116,7 +116,7 @@ def test_sigkill_scoring_then_resume(tmp_path, db_path):
     child = subprocess.Popen([sys.executable, str(HERE / "fake_cli.py"), str(tmp_path / "served.log"), "score",
                               str(many), "--no-density", *common], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'score'", 20, child)
+    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'doc' AND result_json IS NOT NULL", 20, child)
     assert 20 <= seen < 80, f"kill landed at the wrong time ({seen})"
     con = sqlite3.connect(db_path)
     run = con.execute("SELECT id FROM run").fetchone()[0]
@@ -125,7 +125,7 @@ def test_sigkill_scoring_then_resume(tmp_path, db_path):
     register_backend("fake", lambda cfg: fake)
     assert main(["resume", run, *common]) == 0
     con = sqlite3.connect(db_path)
-    keys = [k for (k,) in con.execute("SELECT key FROM run_record WHERE kind = 'score'")]
+    keys = [k for (k,) in con.execute("SELECT key FROM run_record WHERE kind = 'doc' AND result_json IS NOT NULL")]
     con.close()
     assert sorted(int(k) for k in keys) == list(range(80))  # nothing lost, nothing twice
     assert no_call_paid_twice(db_path) == 80  # no document scored twice

@@ -100,10 +100,12 @@ def test_the_next_wave_is_an_indexed_query_that_skips_what_is_done(store):
     run = store.create_run("tag", config={})
     assert store.load_work(run.id, "item", [(str(i), {"text": f"t{i}"}) for i in range(10)],
                            cursor={"file": 0, "records": 10, "exhausted": True}, stats={"loaded": 10}) == []
-    store.transact(store.work_write(run.id, "item", "tag", [("0", {}), ("2", {}), ("3", {})], [("5", {"x": 1})],
+    store.transact(store.work_write(run.id, "item", [("0", {}), ("2", {}), ("3", {})], [("5", {"x": 1})],
                                     {"answers": 4}))
-    assert [k for k, _ in store.next_work(run.id, "item", 4)] == ["1", "4", "6", "7"]
-    assert store.next_work(run.id, "item", 1) == [("1", {"text": "t1"})]
+    assert [k for _, k, _ in store.next_work(run.id, "item", 4)] == ["1", "4", "6", "7"]
+    (row, key, data), = store.next_work(run.id, "item", 1)
+    assert (key, data) == ("1", {"text": "t1"})
+    assert [k for _, k, _ in store.next_work(run.id, "item", 2, after=row)] == ["4", "6"]
     assert store.count_work(run.id, "item", "pending") == 6 and store.count_work(run.id, "item", "pending", cap=2) == 2
     assert store.count_work(run.id, "item", "failed") == 1 and store.stats(run.id) == {"loaded": 10, "answers": 4}
     assert store.retry_failed(run.id, "item", max_attempts=2) == 1 and store.count_work(run.id, "item", "failed") == 0

@@ -204,7 +204,7 @@ async def test_tag_graph_tags_every_item_once_and_resume_is_free(db_path):
     assert fake.calls - before == 5  # 24 items in batches of 5
     from tagsmith.runtime import open_store
     store = open_store(config)
-    tags = store.records(trun.id, "tag")
+    tags = store.results(trun.id, "item")
     assert sorted(tags, key=int) == [i["id"] for i in ITEMS]
     assert all(t["status"] == "ok" and len(t["semantic_id"]) == 2 for t in tags.values())
     m = json.loads(store.require_run(trun.id).metrics_json)
@@ -290,7 +290,7 @@ def test_sigkill_tagging_then_resume(tmp_path, db_path):
     vrun = con.execute("SELECT id FROM run").fetchone()[0]
     con.close()
     child = _child(tmp_path, ["tag", str(items), "--vocab", vrun, "--batch-size", "3", *common])
-    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'tag'", 15, child)
+    seen = kill_when(db_path, "SELECT COUNT(*) FROM run_record WHERE kind = 'item' AND result_json IS NOT NULL", 15, child)
     assert 15 <= seen < 60, f"kill landed at the wrong time ({seen} tagged)"
     con = sqlite3.connect(db_path)
     trun = con.execute("SELECT id FROM run WHERE kind = 'tag'").fetchone()[0]
@@ -298,7 +298,7 @@ def test_sigkill_tagging_then_resume(tmp_path, db_path):
     before = fake.calls
     assert main(["resume", trun, *common]) == 0
     con = sqlite3.connect(db_path)
-    rows = con.execute("SELECT key FROM run_record WHERE run_id = ? AND kind = 'tag'", (trun,)).fetchall()
+    rows = con.execute("SELECT key FROM run_record WHERE run_id = ? AND kind = 'item' AND result_json IS NOT NULL", (trun,)).fetchall()
     status = con.execute("SELECT status FROM run WHERE id = ?", (trun,)).fetchone()[0]
     con.close()
     assert status == "done"

@@ -87,7 +87,7 @@ def _clean(seq) -> list[str]:
 # ------------------------------------------------------------------------------ sources
 
 def from_run(db: str, run_id: str) -> TagSet:
-    """The tags of a tagsmith assignment run: Store(db).records(run, "tag")."""
+    """The tags of a tagsmith assignment run (the results of its items)."""
     from tagsmith.store.db import Store
 
     if "://" not in db and not Path(db).expanduser().is_file():  # do not create an empty store by accident
@@ -96,7 +96,8 @@ def from_run(db: str, run_id: str) -> TagSet:
     store = Store(db)
     try:
         run = store.require_run(run_id)
-        records = store.records(run.id, "tag")
+        # results on the run's items; runs made before results moved there kept "tag" records
+        records = store.results(run.id, "item") or store.records(run.id, "tag")
     finally:
         store.close()
     if not records:

@@ -46,7 +46,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"score run {result.id}: {m['scored']}/{m['docs']} documents scored in {result.seconds:.1f}s "
           f"({m['docs'] / max(result.seconds, 1e-9):.2f} docs/s); methods {m['methods']}; mean P(yes) "
           f"{m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 4)}")
-    if m.get("density_check"):
+    if (m.get("density_check") or {}).get("spearman_vs_exact") is not None:
         print(f"  density sketch vs exact KDE: Spearman {m['density_check']['spearman_vs_exact']:.3f}")
     print(f"next: tagsmith select {result.id} --method combined --rate 0.1 | tagsmith export {result.id} --format csv")
     return 0

@@ -90,10 +90,15 @@ def cmd_vocab_show(args: argparse.Namespace) -> int:
     store = open_store(config_from_args(args))
     run = store.require_run(args.run)
     if run.kind == "tag" and run.parent_run:  # show the vocabulary a tagging run used, with its usage
-        tags = store.records(run.id, "tag")
         vocab, _ = final_vocabulary(store, run.parent_run)
-        usage = {n: sum(1 for t in tags.values() if n in t["descriptors"]) for n in vocab.names()}
-        source = f"usage over {len(tags)} tagged items (run {run.id})"
+        usage = dict.fromkeys(vocab.names(), 0)
+        tagged = 0
+        for _, _, tag in store.iter_results(run.id, "item"):
+            if tag is not None:
+                tagged += 1
+                for n in set(tag["descriptors"]):
+                    usage[n] = usage.get(n, 0) + 1
+        source = f"usage over {tagged} tagged items (run {run.id})"
     else:
         run = store.require_run(args.run, kind="vocab")
         vocab, usage = final_vocabulary(store, run.id)
