@@ -74,8 +74,11 @@ def wire_schema(vocab: Vocabulary, item_ids: list[str], per_facet: int, require_
         if n == 0 and require_first:
             props[f.name]["minItems"] = 1
     item = {"type": "object", "properties": props, "required": list(props)}
-    return {"type": "object", "required": ["items"], "properties": {"items": {
-        "type": "object", "properties": {i: item for i in item_ids}, "required": list(item_ids)}}}
+    # the enums are stated once and referenced per item: a batch of 16 items used to repeat
+    # the whole vocabulary 16 times in the prompt (and in the decoder's grammar)
+    ref = {"$ref": "#/$defs/tags"}
+    return {"type": "object", "required": ["items"], "$defs": {"tags": item}, "properties": {"items": {
+        "type": "object", "properties": {i: ref for i in item_ids}, "required": list(item_ids)}}}
 
 
 def entries_of(items: Any) -> list[dict[str, Any]]:

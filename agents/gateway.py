@@ -556,12 +556,12 @@ class LiteLLMBackend:
         self.api_base = config.api_base
         self.api_key: str | None = None
         self.model = config.model
-        self._unpriced = False
         if self.is_local:
             self.model = f"openai/{config.local.alias}"
             self.api_key = "sk-local"
         else:
             self.api_key = self._api_key()
+        self.priced = _price_or_zero(self.model)
 
     def _api_key(self) -> str | None:
         c = self.config
@@ -601,16 +601,8 @@ class LiteLLMBackend:
         text = choice.message.content or ""
         usage = getattr(resp, "usage", None)
         cost = 0.0
-        if not self.is_local:
-            # litellm prices every response as it logs it; pricing it again costs ~1 ms CPU
-            hidden = getattr(resp, "_hidden_params", None) or {}
-            cost = hidden.get("response_cost")
-            if cost is None and not self._unpriced:
-                try:
-                    cost = litellm.completion_cost(completion_response=resp)
-                except Exception:  # unmapped model (self-hosted): no price known, do not ask again
-                    self._unpriced = True
-            cost = float(cost or 0.0)
+        if self.priced:  # litellm priced the response as it logged it (unpriced models: zero, cheaply)
+            cost = float((getattr(resp, "_hidden_params", None) or {}).get("response_cost") or 0.0)
         return RawResponse(text=text, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                            cost_usd=cost, logprobs=_parse_logprobs(getattr(choice, "logprobs", None)),
@@ -634,6 +626,33 @@ def _parse_logprobs(lp: Any) -> list[TokenLogprob] | None:
 
 
 _LITELLM = None
+_PRICED: dict[str, bool] = {}
+
+
+def _price_or_zero(model: str) -> bool:
+    """Whether litellm knows a price for ``model``. A model it does not know (a self-hosted
+    endpoint, the bundled model) gets a zero price in litellm's table, once per process:
+    litellm prices every response as it logs it, and looking up an unknown model failed
+    through ten lookups per call (a quarter of litellm's CPU per call)."""
+    if model not in _PRICED:
+        litellm = _litellm()
+        try:
+            info = litellm.get_model_info(model)
+            _PRICED[model] = bool(info.get("input_cost_per_token") or info.get("output_cost_per_token"))
+        except Exception:  # unknown to litellm
+            import logging
+
+            provider = model.split("/", 1)[0] if "/" in model else "openai"
+            quiet = logging.getLogger("LiteLLM")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # it warns that a custom price has no cache prices
+            try:
+                litellm.register_model({model: {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+                                                "litellm_provider": provider, "mode": "chat"}})
+            finally:
+                quiet.setLevel(level)
+            _PRICED[model] = False
+    return _PRICED[model]
 
 
 def _litellm():

@@ -17,6 +17,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -79,7 +80,11 @@ def describe_db_error(exc: Exception, url: str) -> str:
     return f"{where}: database error: {str(getattr(exc, 'orig', exc)).splitlines()[0]}"
 
 
-SUPPORTED = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT, and a LangGraph checkpointer
+SUPPORTED = ("sqlite", "postgresql")
+# The writer waits this long after the first write of a group for the others in flight: a
+# transaction's fixed cost (begin, commit, the WAL's bookkeeping) is then shared by more
+# calls, at the price of 2 ms on a write that waits for an LLM call of seconds.
+WRITE_GATHER_S = 0.002  # INSERT ... ON CONFLICT, and a LangGraph checkpointer
 _RUN_DELTAS = ("cache_hits", "calls", "prompt_tokens", "completion_tokens", "cost_usd")
 _CALL_COLUMNS = tuple(c.name for c in LLMCall.__table__.columns if c.name != "id")
 _CALL_DEFAULTS = {"node": "", "model": "", "cache_key": "", "messages_json": "[]", "prompt_tokens": 0,
@@ -109,8 +114,9 @@ class _Batcher:
     MAX_GROUP = 512
 
     def __init__(self, name: str, handle: Callable[[list[Any]], list[Any]],
-                 single: Callable[[Any], Any] | None = None):
+                 single: Callable[[Any], Any] | None = None, gather_s: float = 0.0):
         self.name = name
+        self.gather_s = gather_s
         self.handle = handle
         self.single = single  # when a group fails: serve each request alone, so one bad one fails alone
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -153,6 +159,8 @@ class _Batcher:
                 return
             group = [first]
             stop = False
+            if self.gather_s:  # let the writes in flight arrive: one transaction serves them all
+                time.sleep(self.gather_s)
             while len(group) < self.MAX_GROUP:
                 try:
                     nxt = self.queue.get_nowait()
@@ -229,7 +237,8 @@ class Store:
         # are grouped the same way (one SELECT ... IN for a wave of calls).
         self._statements: dict[str, Any] = {}
         self._compiled: dict[tuple[str, tuple[str, ...]], tuple] = {}
-        self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact)
+        self._writer = _Batcher("tagsmith-store-writer", self.transact_many, single=self.transact,
+                                gather_s=WRITE_GATHER_S)
         self._reader = _Batcher("tagsmith-cache-reader", self._cache_get_many, single=self.cache_get)
 
     def _engine(self, url: str, kwargs: dict[str, Any], busy_timeout_ms: int):

@@ -74,6 +74,8 @@ def assigner_reply(request: dict) -> dict:
     per_item = schema["properties"]["items"]["properties"]
     out = {}
     for i, spec in per_item.items():
+        if "$ref" in spec:  # "#/$defs/tags": the enums stated once for every item
+            spec = schema["$defs"][spec["$ref"].rsplit("/", 1)[-1]]
         out[i] = {facet: [fs["items"]["enum"][_h(i + facet) % len(fs["items"]["enum"])]]
                   for facet, fs in spec["properties"].items()}
     return {"items": out}

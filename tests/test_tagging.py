@@ -131,8 +131,11 @@ async def test_assigner_repairs_oov_by_embedding_then_reasks(store):
     schema = fake.requests[0]["response_format"]["json_schema"]["schema"]
     per_item = schema["properties"]["items"]["properties"]
     assert list(per_item) == ["1", "2", "3"] and schema["properties"]["items"]["required"] == ["1", "2", "3"]
-    assert per_item["1"]["properties"]["genre"]["items"]["enum"] == ["comedy", "drama", "action", "thriller"]
-    assert per_item["1"]["properties"]["genre"]["minItems"] == 1  # the coarsest facet is required
+    assert per_item["1"] == per_item["3"] == {"$ref": "#/$defs/tags"}  # the vocabulary once, not once per item
+    tags_schema = schema["$defs"]["tags"]
+    assert tags_schema["properties"]["genre"]["items"]["enum"] == ["comedy", "drama", "action", "thriller"]
+    assert tags_schema["properties"]["genre"]["minItems"] == 1  # the coarsest facet is required
+    assert json.dumps(schema).count('"thriller"') == 1
 
 
 async def test_assigner_reads_replies_keyed_by_id(store):
