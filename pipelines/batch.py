@@ -336,12 +336,16 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
         size = wave_size(ctx)
         bsize = 1 if state.get("retry_round", 0) else stage.batch_size  # a retry goes one by one
 
-        def fetch(after: int, n: int) -> list[tuple[int, str, dict[str, Any]]]:
-            return ctx.store.next_work(ctx.run_id, stage.input_kind, n, after=after)
+        planning = [0.0]
 
-        started = time.process_time()
+        def fetch(after: int, n: int) -> list[tuple[int, str, dict[str, Any]]]:
+            started = time.thread_time()
+            rows = ctx.store.next_work(ctx.run_id, stage.input_kind, n, after=after)
+            planning[0] += time.thread_time() - started  # what finding the next work costs
+            return rows
+
         await AsyncioEngine(ctx).run(stage, fetch, quota=size * WAVE_ROUNDS, batch_size=bsize)
-        await ctx.store.add_stats(ctx.run_id, {"waves": 1, "wave_cpu_s": time.process_time() - started})
+        await ctx.store.add_stats(ctx.run_id, {"waves": 1, "plan_cpu_s": planning[0]})
         if ctx.checkpoints is not None:
             await ctx.checkpoints.prune(ctx.run_id, keep=CHECKPOINTS_KEPT)
         return {"waves": state.get("waves", 0) + 1, **_counts(ctx, stage, size), "wave_size": size}

@@ -163,6 +163,7 @@ class Simulator:
         self.completion_tokens = 0
         self.policy_errors = 0
         self.started = time.time()
+        self.first_request_at: float | None = None  # wall clock of the first request since the reset
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "ok": self.ok, "ok_unique": len(self.ok_keys),
@@ -173,6 +174,7 @@ class Simulator:
                 "in_flight": self.in_flight, "max_concurrency": self.max_concurrency,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "policy_errors": self.policy_errors, "uptime_s": round(time.time() - self.started, 3),
+                "first_request_at": self.first_request_at,
                 "options": self.opt.as_dict()}
 
     # -- decisions ---------------------------------------------------------------------
@@ -291,6 +293,8 @@ def make_app(sim: Simulator):
 
     async def chat(request: web.Request) -> web.StreamResponse:
         sim.requests += 1
+        if sim.first_request_at is None:
+            sim.first_request_at = time.time()
         try:
             body = await request.json()
         except ValueError:
