@@ -73,6 +73,10 @@ class StoreConfig(_Section):
     db: str = "tagsmith.db"  # a path (SQLite) or any SQLAlchemy URL
     checkpoint_db: str | None = None  # LangGraph checkpoints; default: the store's SQLite file
     busy_timeout_ms: int = Field(default=30000, ge=0)
+    # A run is driven by one process at a time: its lease lasts this long and is renewed
+    # every third of it; a crashed owner's run can be resumed once the lease has expired
+    # (at once when the owner was a process on this machine that is gone).
+    lease_s: float = Field(default=60.0, gt=0)
 
 
 # -- pipeline sections ---------------------------------------------------------------

@@ -52,15 +52,58 @@ class Checkpoints:
         return int(a[0]) + int(b[0])
 
 
+class PostgresCheckpoints(Checkpoints):
+    """The same over LangGraph's PostgreSQL saver (tables checkpoints, checkpoint_blobs,
+    checkpoint_writes in the store's database)."""
+
+    async def prune(self, run_id: str, keep: int) -> int:
+        # LangGraph's own pruning keeps the latest checkpoint with what it references
+        # (blobs are shared between checkpoints); that is all a resume reads.
+        await self.saver.aprune([run_id], strategy="keep_latest")
+        return 0
+
+    async def size(self, run_id: str) -> int:
+        async with self.saver._cursor() as cur:
+            await cur.execute(
+                "SELECT (SELECT COALESCE(SUM(pg_column_size(checkpoint) + pg_column_size(metadata)), 0) "
+                "FROM checkpoints WHERE thread_id = %s) + (SELECT COALESCE(SUM(pg_column_size(blob)), 0) "
+                "FROM checkpoint_blobs WHERE thread_id = %s) + (SELECT COALESCE(SUM(pg_column_size(blob)), 0) "
+                "FROM checkpoint_writes WHERE thread_id = %s) AS n", (run_id, run_id, run_id))
+            row = await cur.fetchone()
+        return int(row["n"])
+
+
 @asynccontextmanager
-async def open_checkpointer(path: str, *, busy_timeout_ms: int) -> AsyncIterator[Checkpoints]:
-    """LangGraph's async SQLite saver on ``path`` (the store's own file by default), in WAL
-    mode with the store's busy timeout."""
+async def open_checkpointer(target: str, *, busy_timeout_ms: int) -> AsyncIterator[Checkpoints]:
+    """LangGraph's async saver: on a PostgreSQL URL (the store's database), or on a SQLite
+    file (the store's own file by default) in WAL mode with the store's busy timeout."""
+    if target.startswith("postgresql"):
+        from tagsmith.store.db import conninfo
+
+        try:
+            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        except ImportError as exc:
+            from tagsmith.core.errors import ConfigError
+
+            raise ConfigError("checkpoints on PostgreSQL need the postgres extra: pip install 'tagsmith[postgres]'") from exc
+        async with AsyncPostgresSaver.from_conn_string(conninfo(target)) as saver:
+            async with saver._cursor() as cur:  # several processes may set up at once
+                await cur.execute("SELECT pg_advisory_lock(%s)", (CHECKPOINT_SETUP_LOCK,))
+            try:
+                await saver.setup()
+            finally:
+                async with saver._cursor() as cur:
+                    await cur.execute("SELECT pg_advisory_unlock(%s)", (CHECKPOINT_SETUP_LOCK,))
+            yield PostgresCheckpoints(saver)
+        return
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-    async with AsyncSqliteSaver.from_conn_string(path) as saver:
+    async with AsyncSqliteSaver.from_conn_string(target) as saver:
         await saver.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        if path != ":memory:":
+        if target != ":memory:":
             await saver.conn.execute("PRAGMA journal_mode=WAL")
         await saver.setup()
         yield Checkpoints(saver)
+
+
+CHECKPOINT_SETUP_LOCK = 0x7461_6763  # "tagc": LangGraph's table set-up, one process at a time

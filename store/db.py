@@ -10,11 +10,13 @@ registry, LLM call log, response cache and idempotent run records.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import operator
 import os
 import queue
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +44,34 @@ class StoreError(TagsmithError):
 
 
 def to_url(db: str) -> str:
-    """A bare path becomes a SQLite URL; URLs pass through.  'x.db' -> 'sqlite:///x.db'"""
-    if "://" in db:
-        return db
-    return f"sqlite:///{Path(db).expanduser()}"
+    """A bare path becomes a SQLite URL; a PostgreSQL URL gets the psycopg (3) driver;
+    other URLs pass through.
+
+        >>> to_url("x.db"), to_url("postgresql://u@h:5432/d"), to_url("postgres://h/d")
+        ('sqlite:///x.db', 'postgresql+psycopg://u@h:5432/d', 'postgresql+psycopg://h/d')
+    """
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser()}"
+    scheme, rest = db.split("://", 1)
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme.startswith("postgresql+") and scheme != "postgresql+psycopg":
+        raise ConfigError(f"store.db: {scheme}:// is not supported; use postgresql:// (tagsmith uses psycopg 3)")
+    return db
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: no password.  'postgresql://u:pw@h/d' -> 'postgresql://u:***@h/d'"""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}{':***' if ':' in creds else ''}@{host}"
+
+
+def conninfo(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL as the libpq connection string psycopg takes."""
+    return "postgresql://" + url.split("://", 1)[1]
 
 
 def sqlite_path(url: str) -> str | None:
@@ -66,9 +93,45 @@ def _dumps(value: Any) -> str:
 _loads = orjson.loads
 
 
+_DRIVING: set[str] = set()  # the leases this process holds for runs it is driving now
+
+
+def lease_owner() -> str:
+    """Who this process is, as a lease holder: host:pid:token (one token per drive)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def lease_done(owner: str) -> None:
+    """This process stopped driving under ``owner`` (whether or not the release reached
+    the database): its old lease is stale for a new drive in this process."""
+    _DRIVING.discard(owner)
+
+
+def _gone(holder: str) -> bool:
+    """A holder that was a process of this machine which no longer exists, or a drive of
+    this very process that has ended."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return holder not in _DRIVING
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def describe_db_error(exc: Exception, url: str) -> str:
     msg = str(getattr(exc, "orig", exc)).lower()
-    where = sqlite_path(url) or url
+    where = sqlite_path(url) or safe_url(url)
+    if url.startswith("postgresql") and ("connection" in msg or "could not" in msg or "server" in msg
+                                         or "password authentication" in msg or "does not exist" in msg):
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return f"{where}: cannot use the PostgreSQL server: {first} (is it running, and is the URL right?)"
     if "readonly" in msg or "read-only" in msg:
         return f"{where}: database is read-only"
     if "locked" in msg or "busy" in msg:
@@ -83,8 +146,8 @@ def describe_db_error(exc: Exception, url: str) -> str:
 SUPPORTED = ("sqlite", "postgresql")
 # The writer waits this long after the first write of a group for the others in flight: a
 # transaction's fixed cost (begin, commit, the WAL's bookkeeping) is then shared by more
-# calls, at the price of 2 ms on a write that waits for an LLM call of seconds.
-WRITE_GATHER_S = 0.002  # INSERT ... ON CONFLICT, and a LangGraph checkpointer
+# calls, at the price of 2 ms on a write that waited for an LLM call of seconds ...
+WRITE_GATHER_S = 0.002  # ... only while the last group was shared: one write at a time never waits  # INSERT ... ON CONFLICT, and a LangGraph checkpointer
 _RUN_DELTAS = ("cache_hits", "calls", "prompt_tokens", "completion_tokens", "cost_usd")
 _CALL_COLUMNS = tuple(c.name for c in LLMCall.__table__.columns if c.name != "id")
 _CALL_DEFAULTS = {"node": "", "model": "", "cache_key": "", "messages_json": "[]", "prompt_tokens": 0,
@@ -117,6 +180,7 @@ class _Batcher:
                  single: Callable[[Any], Any] | None = None, gather_s: float = 0.0):
         self.name = name
         self.gather_s = gather_s
+        self.busy = False  # the last group held more than one request: writes come in parallel
         self.handle = handle
         self.single = single  # when a group fails: serve each request alone, so one bad one fails alone
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -159,7 +223,7 @@ class _Batcher:
                 return
             group = [first]
             stop = False
-            if self.gather_s:  # let the writes in flight arrive: one transaction serves them all
+            if self.gather_s and self.busy:  # the last group was shared: let those in flight join
                 time.sleep(self.gather_s)
             while len(group) < self.MAX_GROUP:
                 try:
@@ -170,6 +234,7 @@ class _Batcher:
                     stop = True
                     break
                 group.append(nxt)
+            self.busy = len(group) > 1
             self._serve(group)
             if stop:
                 return
@@ -212,6 +277,15 @@ class Store:
                 kwargs["poolclass"] = StaticPool
             elif not Path(self.path).parent.exists():
                 raise ConfigError(f"{self.path}: directory does not exist")
+        else:
+            if importlib.util.find_spec("psycopg") is None:
+                raise ConfigError("store.db: a PostgreSQL store needs the postgres extra: "
+                                  "pip install 'tagsmith[postgres]' (psycopg, psycopg-pool, langgraph-checkpoint-postgres)")
+            # a lock wait or a dead connection fails within the busy timeout, like SQLite's
+            kwargs["connect_args"] = {"connect_timeout": 10,
+                                      "options": f"-c lock_timeout={int(busy_timeout_ms)}"}
+            kwargs["pool_pre_ping"] = True
+        self.label = self.path or safe_url(self.url)
         self.engine = self._engine(self.url, kwargs, busy_timeout_ms)
         try:
             with self._db_errors():
@@ -454,7 +528,7 @@ class Store:
         """The run with this id (or unique id prefix); with ``kind``, it must be of that kind."""
         run = self.get_run(run_id)
         if run is None:
-            raise ConfigError(f"run {run_id!r} not found in {self.path or self.url}")
+            raise ConfigError(f"run {run_id!r} not found in {self.label}")
         if kind is not None and run.kind != kind:
             raise ConfigError(f"run {run.id} is a {run.kind} run; this needs a {kind} run")
         return run
@@ -475,6 +549,58 @@ class Store:
                 setattr(run, k, v)
             run.updated_at = utcnow()
             s.add(run)
+
+    # -- leases: one process drives a run at a time --------------------------------------
+    def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> str | None:
+        """Take the run's lease for ``owner``: free, expired, already ours, or held by a
+        process of this machine that is gone. Returns None when taken, else who holds it
+        and until when (one line)."""
+        now = utcnow()
+        t = Run.__table__
+        with self._db_errors(), self.engine.begin() as conn:
+            q = select(t.c.lease_owner, t.c.lease_until).where(t.c.id == run_id)
+            if self.engine.dialect.name == "postgresql":
+                q = q.with_for_update()  # SQLite: the compare-and-set below does the same
+            row = conn.execute(q).first()
+            if row is None:
+                raise ConfigError(f"run {run_id!r} not found in {self.label}")
+            holder, until = row
+            if until is not None and until.tzinfo is None:
+                until = until.replace(tzinfo=timezone.utc)
+            live = holder is not None and holder != owner and until is not None and until > now
+            if live and not _gone(holder):
+                return f"{holder} (lease until {until:%Y-%m-%d %H:%M:%S} UTC)"
+            # compare-and-set: a second process taking it at the same moment finds it changed
+            guard = t.c.lease_owner.is_(None) if holder is None else t.c.lease_owner == holder
+            taken = conn.execute(update(t).where(t.c.id == run_id, guard).values(
+                lease_owner=owner, lease_until=now + timedelta(seconds=ttl_s))).rowcount
+            if taken != 1:
+                return "another process (it took the lease just now)"
+            _DRIVING.add(owner)
+            return None
+
+    def lease_holder(self, run_id: str) -> str | None:
+        """Who drives the run now (a live lease), or None."""
+        run = self.require_run(run_id)
+        until = run.lease_until
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=timezone.utc)
+        if run.lease_owner is None or until is None or until <= utcnow() or _gone(run.lease_owner):
+            return None
+        return f"{run.lease_owner} (lease until {until:%Y-%m-%d %H:%M:%S} UTC)"
+
+    def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
+        """Extend our lease; False if it is no longer ours."""
+        t = Run.__table__
+        with self._db_errors(), self.engine.begin() as conn:
+            return conn.execute(update(t).where(t.c.id == run_id, t.c.lease_owner == owner).values(
+                lease_until=utcnow() + timedelta(seconds=ttl_s))).rowcount == 1
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        t = Run.__table__
+        with self._db_errors(), self.engine.begin() as conn:
+            conn.execute(update(t).where(t.c.id == run_id, t.c.lease_owner == owner).values(
+                lease_owner=None, lease_until=None))
 
     # -- LLM log and cache ------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:

@@ -40,6 +40,10 @@ class Run(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    # One process drives a run at a time: it holds the lease (host:pid:token) and renews it
+    # while it runs; another may take it over once it has expired (a crashed owner).
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
 
 
 class LLMCall(SQLModel, table=True):

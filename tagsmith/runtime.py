@@ -34,7 +34,7 @@ from tagsmith.core.config import Config, deep_merge, validate_config
 from tagsmith.core.errors import BudgetExceeded, ConfigError
 from tagsmith.pipelines.context import Embed, Pipeline, Progress, RunContext
 from tagsmith.store.checkpoints import open_checkpointer
-from tagsmith.store.db import Store, StoreError, describe_db_error
+from tagsmith.store.db import Store, StoreError, describe_db_error, lease_done, lease_owner
 from tagsmith.store.models import utcnow
 
 __all__ = ["PIPELINES", "Pipeline", "RunContext", "execute", "resume", "pipeline", "open_store", "checkpointer"]
@@ -67,8 +67,13 @@ def open_store(config: Config) -> Store:
 def checkpointer(config: Config, store: Store):
     """LangGraph's checkpointer for the store (its own SQLite file unless
     ``store.checkpoint_db`` names another)."""
-    path = config.store.checkpoint_db or store.path or ":memory:"
-    return open_checkpointer(path, busy_timeout_ms=config.store.busy_timeout_ms)
+    if config.store.checkpoint_db:
+        target = config.store.checkpoint_db
+    elif store.url.startswith("postgresql"):
+        target = store.url  # the checkpoints live in the store's database
+    else:
+        target = store.path or ":memory:"
+    return open_checkpointer(target, busy_timeout_ms=config.store.busy_timeout_ms)
 
 
 current_run: str | None = None  # the run this process drives now (the CLI names it when stopped)
@@ -91,12 +96,19 @@ class Services:
 async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: dict[str, Any] | None,
                  services: Services) -> dict[str, Any]:
     module = pipeline(kind)
+    owner, ttl = lease_owner(), config.store.lease_s
+    holder = store.acquire_lease(run_id, owner, ttl)
+    if holder is not None:
+        raise ConfigError(f"run {run_id} is being driven by {holder}; one process drives a run at a time "
+                          f"(wait for it, or for its lease to expire)")
     gateway = Gateway(config.llm, store=store, run_id=run_id, backend=services.backend)
     ctx = RunContext(run_id=run_id, store=store, gateway=gateway, config=config, progress=services.progress,
                      embed=services.embed)
     store.update_run(run_id, status="running", error=None)
     global current_run
     current_run = run_id
+    lost: list[str] = []
+    beat = asyncio.create_task(_heartbeat(store, run_id, owner, ttl, asyncio.current_task(), lost))
     try:
         async with checkpointer(config, store) as checkpoints:
             ctx.checkpoints = checkpoints
@@ -122,6 +134,9 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
         store.update_run(run_id, status="done", finished_at=utcnow(), metrics_json=json.dumps(metrics, default=float))
         return state
     except (KeyboardInterrupt, asyncio.CancelledError, Exception) as exc:
+        if lost:  # another process drives the run now: leave its row alone
+            await _release_cancelled_tasks(exc)
+            raise StoreError(lost[0]) from None
         # Ctrl-C and SIGTERM reach a run as the cancellation of its task (asyncio.run)
         status = ("budget" if isinstance(exc, BudgetExceeded) else
                   "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed")
@@ -135,8 +150,32 @@ async def _drive(kind: str, run_id: str, config: Config, store: Store, inputs: d
             raise StoreError(describe_db_error(exc, store.url)) from exc
         raise
     finally:
+        beat.cancel()
         await ctx.aclose()
         await gateway.aclose()
+        lease_done(owner)
+        if not lost:
+            try:
+                store.release_lease(run_id, owner)
+            except StoreError:
+                pass  # the store is failing; the lease expires by itself
+
+
+async def _heartbeat(store: Store, run_id: str, owner: str, ttl: float, driver: asyncio.Task | None,
+                     lost: list[str]) -> None:
+    """Renew the run's lease every third of its length; if it was taken over (this process
+    stalled past it), stop driving the run at once."""
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            ours = await asyncio.to_thread(store.renew_lease, run_id, owner, ttl)
+        except StoreError:
+            continue  # the store is failing for a moment: the run's own writes will say so
+        if not ours:
+            lost.append(f"run {run_id}: another process took over its lease; this one stopped driving it")
+            if driver is not None:
+                driver.cancel()
+            return
 
 
 async def _release_cancelled_tasks(exc: BaseException) -> None:

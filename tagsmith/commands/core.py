@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from tagsmith.commands.common import (config_from_args, flag_overrides, out_dir, print_json, print_metrics,
                                       progress)
+from tagsmith.core.errors import ConfigError
 from tagsmith.core.writers import FORMATS
 
 
@@ -68,7 +69,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
                   "batch_size": 5, "draft_sample": 12},
         "assign": {"domain": "movies", "batch_size": 8}}})
     store = api.open_store(config)
-    where = store.path or store.url
+    where = store.label
     print(f"tagsmith quickstart: {args.items} MovieLens-100k movies, vocabulary built on {args.sample}, "
           f"model {config.llm.model}, store {where}", file=sys.stderr)
     vocab = api.build_vocabulary(source, config, seed_field="genres", store=store)
@@ -96,7 +97,7 @@ def _probe(args: argparse.Namespace, source) -> int:
 
     config = config_from_args(args)
     store = api.open_store(config)
-    print(f"tagsmith quickstart: {args.items} MovieLens movies on {config.llm.model}; store {store.path or store.url}",
+    print(f"tagsmith quickstart: {args.items} MovieLens movies on {config.llm.model}; store {store.label}",
           file=sys.stderr)
     result = api.probe(source, config, store=store)
     for row in api.export_rows(result.id, config, store=store):
@@ -104,7 +105,7 @@ def _probe(args: argparse.Namespace, source) -> int:
     m = result.metrics
     print(f"run {result.id}: {result.run.status} in {result.seconds:.1f}s; {m['llm_calls']} LLM calls, "
           f"{m['cache_hits']} cached, {m['prompt_tokens'] + m['completion_tokens']} tokens; "
-          f"stored in {store.path or store.url} (tagsmith runs show {result.id})")
+          f"stored in {store.label} (tagsmith runs show {result.id})")
     return 0
 
 
@@ -134,7 +135,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     store = open_store(config_from_args(args))
     runs = store.list_runs(kind=args.kind, limit=args.limit)
     if not runs:
-        print(f"no runs in {store.path or store.url}")
+        print(f"no runs in {store.label}")
         return 0
     print(f"{'RUN':<16} {'KIND':<10} {'STATUS':<11} {'CREATED':<19} {'CALLS':>6} {'CACHED':>6} {'TOKENS':>9} "
           f"{'COST':>8}  MODEL")
@@ -197,6 +198,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"run {run.id} is already done; nothing to resume")
         return 0
     overrides = {k: v for k, v in flag_overrides(args).items() if k not in ("store",)}
+    holder = store.lease_holder(run.id)
+    if holder is not None:  # said before anything else (the runtime checks again as it takes the lease)
+        raise ConfigError(f"run {run.id} is being driven by {holder}; one process drives a run at a time "
+                          f"(wait for it, or for its lease to expire)")
     print(f"resuming {run.kind} run {run.id} (was {run.status})", file=sys.stderr)
     desc, unit = {"tag": ("tagging", "item"), "score": ("scoring", "doc")}.get(run.kind, (run.kind, "step"))
     with progress(config, desc, unit) as bar:
