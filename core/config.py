@@ -184,9 +184,21 @@ class PipelineConfig(_Section):
     evolve: EvolveConfig = Field(default_factory=EvolveConfig)
 
 
+class EngineConfig(_Section):
+    """Where a batch stage (tagging, scoring) runs: in this process (asyncio), or as a Ray
+    Data pipeline on a local or remote Ray cluster (the ``ray`` extra)."""
+
+    kind: Literal["asyncio", "ray"] = "asyncio"
+    ray_address: str | None = None  # None: a local Ray instance on this machine; or "ray://host:10001", "auto"
+    workers: int = Field(default=1, ge=1)  # actors, each with its own gateway (llm.concurrency calls each)
+    worker_cpus: float = Field(default=0.5, gt=0)  # CPUs Ray reserves per actor (they wait on the model)
+    batches_per_call: int = Field(default=16, ge=1)  # stage batches an actor gets at once
+
+
 class Config(_Section):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     debug: bool = False
     progress: bool = True

@@ -39,49 +39,27 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypedDict
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from tagsmith.core.datasets import ItemSource
 from tagsmith.core.errors import BudgetExceeded, InputError, LLMError
-from tagsmith.core.records import MAX_ERRORS_KEPT, reason_kind
 from tagsmith.pipelines.context import RunContext
+from tagsmith.pipelines.stage import BatchResult, Record, Skips, Stage
 from tagsmith.store.db import Write
 
-Record = tuple[str, dict[str, Any]]  # (key, data)
+__all__ = ["BatchResult", "BatchSettings", "BatchState", "Record", "Skips", "Stage", "build", "initial_state",
+           "load_metrics", "route"]
+
 CHECKPOINTS_KEPT = 2  # while a run goes on; a finished run keeps its last one
 WAVE_ROUNDS = 4  # a wave streams this many wave_size's worth of records between checkpoints
 
 
-@dataclass
-class BatchResult:
-    """What a stage made of one batch: output records of the items it handled (``done``),
-    output records of items it could not handle (``failed``, kept for export and retried
-    once), and counters to add to the run's (``stats``)."""
-
-    done: list[Record] = field(default_factory=list)
-    failed: list[Record] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-class Stage(Protocol):
-    """The per-run part of a batch pipeline. ``input_kind`` records are the work (loaded
-    from the source, keyed by the record's id); each keeps its result once processed."""
-
-    input_kind: str
-    batch_size: int
-
-    async def process(self, batch: list[Record]) -> BatchResult: ...
-
-    def failure(self, key: str, reason: str) -> dict[str, Any]:
-        """The output record of an item whose whole batch failed (the model kept failing)."""
-        ...
-
-
 class BatchState(TypedDict, total=False):
+    engine: str  # "asyncio" (waves in this process) or "ray" (one node hands the work to Ray Data)
     source: dict  # an ItemSource fingerprint, or {"inline": true} (records in the run's inputs)
     params: dict  # the stage's own inputs (e.g. the vocabulary run)
     loaded: int
@@ -124,33 +102,6 @@ def _counts(ctx: RunContext, stage: Stage, wave_size: int) -> dict[str, int]:
 
 
 # -- loading --------------------------------------------------------------------------------------
-class Skips:
-    """Bad records met while reading a source: with ``on_error: raise`` the first one stops
-    the run (FILE:LINE: reason); with ``skip`` they are counted per kind of reason, and the
-    first ``MAX_ERRORS_KEPT`` lines of a run are kept (numbered after ``already``)."""
-
-    def __init__(self, on_error: str, already: int = 0):
-        self.on_error, self.already = on_error, already
-        self.stats: dict[str, float] = {}
-        self.errors: list[tuple[int, str]] = []
-
-    def add(self, where: str, reason: str) -> None:
-        msg = f"{where}: {' '.join(reason.split())}"
-        if self.on_error == "raise":
-            raise InputError(msg)
-        kind = f"skipped: {reason_kind(reason)}"
-        self.stats["skipped"] = self.stats.get("skipped", 0) + 1
-        self.stats[kind] = self.stats.get(kind, 0) + 1
-        n = self.already + int(self.stats["skipped"]) - 1
-        if n < MAX_ERRORS_KEPT:
-            self.errors.append((n, msg))
-
-    def write(self, store, run_id: str) -> Write:
-        """The counters and kept lines as one write (for a reader that stores no chunk)."""
-        rows = store._records_write(run_id, "load_error", [(f"{n:03d}", e) for n, e in self.errors]).rows
-        return Write(rows=rows, run_id=run_id, stats=self.stats)
-
-
 def load_chunk(ctx: RunContext, stage: Stage, state: BatchState, chunk: int) -> dict[str, Any]:
     """Read the next ``chunk`` records of the source into the store (see the module text)."""
     store, run_id, kind = ctx.store, ctx.run_id, stage.input_kind
@@ -216,8 +167,9 @@ def initial_state(inputs: dict[str, Any]) -> BatchState:
     if "source" in inputs:
         source, params = inputs["source"], inputs.get("params", {})
     else:
-        source, params = {"inline": True}, {k: v for k, v in inputs.items() if k not in INLINE}
-    return {"source": source, "params": params, "loaded": 0, "waves": 0, "retry_round": 0}
+        source, params = {"inline": True}, {k: v for k, v in inputs.items() if k not in INLINE + ("engine",)}
+    return {"source": source, "params": params, "loaded": 0, "waves": 0, "retry_round": 0,
+            "engine": inputs.get("engine", "asyncio")}
 
 
 def load_metrics(stats: dict[str, float]) -> dict[str, Any]:
@@ -350,6 +302,18 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
             await ctx.checkpoints.prune(ctx.run_id, keep=CHECKPOINTS_KEPT)
         return {"waves": state.get("waves", 0) + 1, **_counts(ctx, stage, size), "wave_size": size}
 
+    async def on_ray(state: BatchState, runtime: Runtime) -> dict:
+        """The whole remaining work as a Ray Data pipeline (pipelines/batch_ray.py)."""
+        from tagsmith.pipelines import batch_ray
+
+        ctx = runtime.context
+        stage = stage_of(ctx, state)
+        batch_ray.start(ctx.config)  # connect (or start a local instance) on the main thread
+        out = await asyncio.to_thread(batch_ray.run, ctx, make_stage, stage.input_kind, state["source"],
+                                      state.get("params", {}), stage.batch_size)
+        await ctx.store.add_stats(ctx.run_id, {"engine_runs": 1})
+        return {"exhausted": True, "pending": 0, "failed": 0, "wave_size": 1, "loaded": out["done"] + out["failed"]}
+
     async def retry(state: BatchState, runtime: Runtime) -> dict:
         ctx = runtime.context
         stage = stage_of(ctx, state)
@@ -362,12 +326,14 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
     g.add_node("load", load)
     g.add_node("wave", wave)
     g.add_node("retry", retry)
+    g.add_node("ray", on_ray)
     names = [n for n, _ in after] + ["finalize"]
     for name, fn in after:
         g.add_node(name, fn)
     g.add_node("finalize", lambda state: {})
     targets = {"load": "load", "wave": "wave", "retry": "retry", "after": names[0]}
-    g.add_edge(START, "load")
+    g.add_conditional_edges(START, lambda s: "ray" if s.get("engine") == "ray" else "load", ["ray", "load"])
+    g.add_edge("ray", names[0])
     for node in ("load", "wave", "retry"):
         g.add_conditional_edges(node, route, targets)
     for (name, _), nxt in zip(after, names[1:]):

@@ -377,7 +377,7 @@ class Store:
                 for name, value in w.stats.items():
                     stats[(w.run_id, name)] = stats.get((w.run_id, name), 0.0) + value
                 results.append(w.result)
-            for name in ("llm_call", "llm_cache", "run_record", "record_done"):  # records before their states
+            for name in ("llm_call", "llm_cache", "run_record", "record_upsert", "record_done"):  # records, then states
                 if name in merged:
                     self._execute_prepared(conn, name, merged.pop(name))
             for name, rows in merged.items():
@@ -466,6 +466,11 @@ class Store:
             stmt = (update(RunRecord.__table__)
                     .where(c.run_id == bindparam("r"), c.kind == bindparam("k"), c.key == bindparam("b_key"))
                     .values(state=bindparam("b_state"), attempts=c.attempts + 1, result_json=bindparam("b_result")))
+        elif name == "record_upsert":  # a work record with its result, made or updated
+            ins = self._dialect_insert(RunRecord.__table__)
+            c = RunRecord.__table__.c
+            stmt = ins.on_conflict_do_update(index_elements=["run_id", "kind", "key"], set_={
+                "state": ins.excluded.state, "result_json": ins.excluded.result_json, "attempts": c.attempts + 1})
         elif name == "run_stat":  # counters add up
             ins = self._dialect_insert(RunStat.__table__)
             stmt = ins.on_conflict_do_update(index_elements=["run_id", "name"],
@@ -750,6 +755,27 @@ class Store:
                 + [{"r": run_id, "k": kind, "b_key": k, "b_state": "failed", "b_result": _dumps(d)}
                    for k, d in failed])
         return Write(rows={"record_done": rows} if rows else {}, run_id=run_id, stats=stats, result=len(rows))
+
+    def work_upsert(self, run_id: str, kind: str, done: list[tuple[str, Any, Any]],
+                    failed: list[tuple[str, Any, Any]], stats: dict[str, float]) -> Write:
+        """``work_write`` for records the store has not seen yet (an engine that reads the
+        input itself): (key, data, result) rows become work records with their result."""
+        now = utcnow()
+        rows = ([{"run_id": run_id, "kind": kind, "key": k, "data_json": _dumps(d), "created_at": now,
+                  "state": "done", "attempts": 1, "result_json": _dumps(r)} for k, d, r in done]
+                + [{"run_id": run_id, "kind": kind, "key": k, "data_json": _dumps(d), "created_at": now,
+                    "state": "failed", "attempts": 1, "result_json": _dumps(r)} for k, d, r in failed])
+        return Write(rows={"record_upsert": rows} if rows else {}, run_id=run_id, stats=stats, result=len(rows))
+
+    def done_keys(self, run_id: str, kind: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the run has done (the unique (run_id, kind, key) index answers)."""
+        t = RunRecord.__table__
+        found: set[str] = set()
+        with self._db_errors(), self.engine.connect() as conn:
+            for i in range(0, len(keys), 500):
+                found.update(conn.execute(select(t.c.key).where(
+                    t.c.run_id == run_id, t.c.kind == kind, t.c.state == "done", t.c.key.in_(keys[i:i + 500]))).scalars())
+        return found
 
     def retry_failed(self, run_id: str, kind: str, max_attempts: int) -> int:
         """Failed work records tried fewer than ``max_attempts`` times go back to pending."""

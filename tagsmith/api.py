@@ -155,12 +155,18 @@ def _execute(kind: str, config: Config, inputs: dict[str, Any], store: Store, **
     return run, time.perf_counter() - started
 
 
-def _batch_inputs(source: Items, **params: Any) -> dict[str, Any]:
+def _batch_inputs(source: Items, engine: str = "asyncio", **params: Any) -> dict[str, Any]:
     """A batch run's inputs: its source (options, files with sizes and mtimes), never its
     records; a library call's list of items is kept on the run row (small inputs)."""
     if isinstance(source, ItemSource):
         source.check()  # a wrong field or format fails before a run exists
-        return {"source": source.fingerprint(), "params": params}
+        if engine == "ray":
+            from tagsmith.pipelines.batch_ray import require_ray
+
+            require_ray()  # without the extra: one line saying what to install, before a run exists
+        return {"source": source.fingerprint(), "params": params, "engine": engine}
+    if engine == "ray":
+        raise ConfigError("the ray engine reads its input from files: give an ItemSource (a file, folder or glob)")
     items = list(source)
     if not items:
         raise ConfigError("no items to work on")
@@ -236,7 +242,8 @@ def tag(source: Items, config: Config, *, vocab_run: str, store: Store | None = 
     """Assign in-vocabulary descriptors to every item with the vocabulary of ``vocab_run``."""
     with _StoreScope(config, store) as st:
         vocab_id = st.require_run(vocab_run, kind="vocab").id  # a wrong id fails before the items are read
-        run, seconds = _execute("tag", config, _batch_inputs(source, vocab_run=vocab_id), st, backend=backend,
+        run, seconds = _execute("tag", config, _batch_inputs(source, config.engine.kind, vocab_run=vocab_id), st,
+                                backend=backend,
                                 progress=progress, embed=embed, parent_run=vocab_id)
         return RunResult(run, seconds, load_report(run, st))
 
@@ -247,7 +254,7 @@ def score(source: Items, config: Config, *, store: Store | None = None, backend:
     """Ask-LLM P(yes) for every document and, unless ``pipeline.score.density`` is off, its
     density under an LSH sketch of MiniLM embeddings."""
     with _StoreScope(config, store) as st:
-        run, seconds = _execute("score", config, _batch_inputs(source), st, backend=backend,
+        run, seconds = _execute("score", config, _batch_inputs(source, config.engine.kind), st, backend=backend,
                                 progress=progress, embed=embed)
         return RunResult(run, seconds, load_report(run, st))
 

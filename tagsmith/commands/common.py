@@ -85,6 +85,30 @@ def add_item_options(p: argparse.ArgumentParser, *, text_field: str | None = Non
     g.add_argument("--limit", type=int, help="use the first N records")
 
 
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["asyncio", "ray"],
+                   help="asyncio (default: waves in this process) or ray (a Ray Data pipeline; pip install "
+                        "'tagsmith[ray]')")
+    g.add_argument("--ray-address", metavar="ADDRESS", help="a Ray cluster (ray://host:10001, auto); default: a "
+                                                            "local Ray instance")
+    g.add_argument("--workers", type=int, help="Ray actors, each with its own gateway (default 1)")
+
+
+def engine_flags(args: argparse.Namespace) -> dict[str, Any]:
+    values = {k: v for k, v in (("kind", args.engine), ("ray_address", args.ray_address),
+                                ("workers", args.workers)) if v is not None}
+    return {"engine": values} if values else {}
+
+
+def check_engine(config: Config) -> None:
+    """Before anything is shown: the ray engine needs its extra (one line if it is missing)."""
+    if config.engine.kind == "ray":
+        from tagsmith.pipelines.batch_ray import require_ray
+
+        require_ray()
+
+
 def item_source(args: argparse.Namespace, path: str) -> ItemSource:
     return ItemSource(path=path, format=args.item_format, id_field=args.id_field, text_field=args.text_field,
                       template=args.template, on_error=args.on_error, limit=args.limit)

@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from tagsmith.commands.common import (add_item_options, config_from_args, item_source, out_dir, pipeline_flags,
-                                      progress, report_skips)
+from tagsmith.commands.common import (add_engine_options, add_item_options, check_engine, config_from_args,
+                                      engine_flags,
+                                      item_source, out_dir, pipeline_flags, progress, report_skips)
+from tagsmith.core.config import deep_merge
 
 SCORE_FLAGS = {"max_doc_tokens": "max_doc_tokens", "samples": "fallback_samples"}
 
@@ -22,6 +24,7 @@ def add_commands(sub, common) -> None:
     p.add_argument("--max-doc-tokens", type=int, help="cut documents to this many tokens (default 512)")
     p.add_argument("--samples", type=int, help="fallback votes when the provider has no logprobs (default 8)")
     p.add_argument("--no-density", action="store_true")
+    add_engine_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("select", parents=[common], help="select a subset of a scored dataset")
@@ -37,8 +40,10 @@ def add_commands(sub, common) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     from tagsmith import api
 
-    config = config_from_args(args, pipeline_flags(args, "score", SCORE_FLAGS,
-                                                   density=False if args.no_density else None))
+    config = config_from_args(args, deep_merge(pipeline_flags(args, "score", SCORE_FLAGS,
+                                                              density=False if args.no_density else None),
+                                               engine_flags(args)))
+    check_engine(config)
     with progress(config, "scoring", "doc") as bar:
         result = api.score(item_source(args, args.data), config, progress=bar)
     report_skips(result)

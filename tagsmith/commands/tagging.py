@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from tagsmith.commands.common import (add_item_options, config_from_args, item_source, pipeline_flags, print_json,
-                                      print_metrics, progress, report_skips)
+from tagsmith.commands.common import (add_engine_options, add_item_options, check_engine, config_from_args,
+                                      engine_flags, item_source, pipeline_flags, print_json, print_metrics, progress,
+                                      report_skips)
+from tagsmith.core.config import deep_merge
 
 VOCAB_FLAGS = {"sample": "sample_size", "rounds": "max_rounds", "annotators": "annotators",
                "annotator_batch": "batch_size", "max_total": "max_total", "max_per_facet": "max_per_facet",
@@ -49,6 +51,7 @@ def add_commands(sub, common) -> None:
     add_item_options(p)
     p.add_argument("--domain", help="what the items are, for the prompts (e.g. 'movies')")
     p.add_argument("--batch-size", type=int, help="items per call (default 4)")
+    add_engine_options(p)
     p.set_defaults(func=cmd_tag)
 
 
@@ -74,7 +77,9 @@ def cmd_vocab_build(args: argparse.Namespace) -> int:
 def cmd_tag(args: argparse.Namespace) -> int:
     from tagsmith import api
 
-    config = config_from_args(args, pipeline_flags(args, "assign", {"batch_size": "batch_size"}, domain=domain(args)))
+    config = config_from_args(args, deep_merge(
+        pipeline_flags(args, "assign", {"batch_size": "batch_size"}, domain=domain(args)), engine_flags(args)))
+    check_engine(config)
     with progress(config, "tagging", "item") as bar:
         result = api.tag(item_source(args, args.items), config, vocab_run=args.vocab, progress=bar)
     report_skips(result)
