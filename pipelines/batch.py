@@ -36,6 +36,7 @@ the input or the number of waves; counters that must survive a crash live in the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -105,7 +106,7 @@ def _counts(ctx: RunContext, stage: Stage, wave_size: int) -> dict[str, int]:
 def load_chunk(ctx: RunContext, stage: Stage, state: BatchState, chunk: int) -> dict[str, Any]:
     """Read the next ``chunk`` records of the source into the store (see the module text)."""
     store, run_id, kind = ctx.store, ctx.run_id, stage.input_kind
-    spec = state["source"]
+    spec = source_of(ctx) if not state["source"].get("inline") else state["source"]
     cursor = store.cursor(run_id, kind)
     if spec.get("inline"):
         if cursor is None:  # a library call's list of items, kept on the run
@@ -164,12 +165,25 @@ def initial_state(inputs: dict[str, Any]) -> BatchState:
         >>> initial_state({"vocab_run": "v1", "items": [{"id": "1", "text": "a"}]})["params"]
         {'vocab_run': 'v1'}
     """
-    if "source" in inputs:
-        source, params = inputs["source"], inputs.get("params", {})
+    if "source" in inputs:  # the state keeps a digest of the file list; the run row keeps the list
+        source, params = compact(inputs["source"]), inputs.get("params", {})
     else:
         source, params = {"inline": True}, {k: v for k, v in inputs.items() if k not in INLINE + ("engine",)}
     return {"source": source, "params": params, "loaded": 0, "waves": 0, "retry_round": 0,
             "engine": inputs.get("engine", "asyncio")}
+
+
+def compact(source: dict[str, Any]) -> dict[str, Any]:
+    """A source fingerprint as graph state holds it: the options and a digest of the files
+    (thousands of shards must not make every checkpoint large)."""
+    files = source.get("files") or []
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {**{k: v for k, v in source.items() if k != "files"}, "n_files": len(files), "files_digest": digest}
+
+
+def source_of(ctx: RunContext) -> dict[str, Any]:
+    """The run's full source fingerprint (files with sizes and mtimes), from the run row."""
+    return json.loads(ctx.store.require_run(ctx.run_id).inputs_json)["source"]
 
 
 def load_metrics(stats: dict[str, float]) -> dict[str, Any]:
@@ -261,8 +275,8 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
 
     def stage_of(ctx: RunContext, state: BatchState) -> Stage:
         if ctx.stage is None:  # once per process: a fresh run, or a resumed one
-            spec = state.get("source", {})
-            if not state.get("exhausted") and spec.get("files"):  # still to be read: it must not have changed
+            if not state.get("exhausted") and state.get("source", {}).get("n_files"):  # to be read: unchanged?
+                spec = source_of(ctx)
                 ItemSource.model_validate({k: v for k, v in spec.items() if k != "files"}).check_unchanged(spec)
             ctx.stage = make_stage(ctx, state.get("params", {}))
         return ctx.stage
@@ -309,7 +323,7 @@ def build(make_stage: StageFactory, settings: SettingsOf, state_type: type = Bat
         ctx = runtime.context
         stage = stage_of(ctx, state)
         batch_ray.start(ctx.config)  # connect (or start a local instance) on the main thread
-        out = await asyncio.to_thread(batch_ray.run, ctx, make_stage, stage.input_kind, state["source"],
+        out = await asyncio.to_thread(batch_ray.run, ctx, make_stage, stage.input_kind, source_of(ctx),
                                       state.get("params", {}), stage.batch_size)
         await ctx.store.add_stats(ctx.run_id, {"engine_runs": 1})
         return {"exhausted": True, "pending": 0, "failed": 0, "wave_size": 1, "loaded": out["done"] + out["failed"]}

@@ -167,10 +167,12 @@ def run(ctx, stage_factory, kind: str, source: dict[str, Any], params: dict[str,
         raise ConfigError("--limit is for the in-process engine; with --engine ray give the input you want processed")
     ds = ray.data.from_items([{"path": str(f)} for f in spec.files()] or [{"path": spec.path}])
     ds = ds.flat_map(read_shard, fn_kwargs={"source": source}, num_cpus=0.25)
-    ds = ds.map_batches(Keep, fn_constructor_args=(config, ctx.run_id, kind, spec.on_error), batch_size=4096,
+    per_call = batch_size * engine.batches_per_call
+    # a block of what Keep lets through is one actor call: blocks are what Ray spreads over the actors
+    ds = ds.map_batches(Keep, fn_constructor_args=(config, ctx.run_id, kind, spec.on_error), batch_size=per_call,
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
     ds = ds.map_batches(StageWorker, fn_constructor_args=(config, ctx.run_id, stage_factory, params),
-                        batch_size=batch_size * engine.batches_per_call,
+                        batch_size=per_call,
                         compute=ray.data.ActorPoolStrategy(size=engine.workers), num_cpus=engine.worker_cpus)
     done = failed = 0
     try:

@@ -11,6 +11,7 @@ applied and rejected, and the feedback statistics that caused it.
 
 from __future__ import annotations
 
+import json
 import operator
 import random
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from tagsmith.core.errors import ConfigError, StructuredOutputError
 from tagsmith.core.vocabulary import (Bounds, Edit, Facet, FieldValues, Vocabulary, apply_edits, change_rate, diff,
                                       normalise)
 from tagsmith.evaluators.vocab_metrics import aggregate_reports, feedback_text, tag_metrics
-from tagsmith.pipelines.batch import Skips
+from tagsmith.pipelines.batch import Skips, compact
 
 KIND = "vocab"
 PROMPTS = architect.PROMPTS + annotator.PROMPTS
@@ -152,7 +153,7 @@ def _stream(state: State, ctx) -> Iterator[dict | None]:
     if "source" not in state:
         yield from state["items"]
         return
-    spec = state["source"]
+    spec = json.loads(ctx.store.require_run(ctx.run_id).inputs_json)["source"]  # the run row keeps the file list
     source = ItemSource.model_validate({k: v for k, v in spec.items() if k != "files"})
     source.check_unchanged(spec)
     skips = Skips(source.on_error)
@@ -269,7 +270,8 @@ def finalize(state: State, runtime: Runtime) -> dict:
 
 
 def initial_state(inputs: dict) -> dict:
-    return inputs
+    """The state holds the sample and a digest of the input's files, not the file list."""
+    return {**inputs, "source": compact(inputs["source"])} if "source" in inputs else inputs
 
 
 def build_graph() -> StateGraph:
