@@ -156,6 +156,7 @@ def test_skips_are_counted_per_reason_and_shown(tmp_path, db_path, capsys):
     assert main(["runs", "show", result.id, "--db", db_path]) == 0
     shown = capsys.readouterr().out
     assert "skipped                      3" in shown and "missing text field" in shown
+    assert "27 done, 0 failed, 0 pending of 27 loaded; 3 bad records skipped" in shown
 
 
 def test_a_failed_batch_is_retried_one_item_at_a_time(tmp_path, db_path):

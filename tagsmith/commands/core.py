@@ -166,6 +166,13 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             "cost_usd": round(run.cost_usd, 6), "metrics": json.loads(run.metrics_json),
             "prompts": json.loads(run.prompt_hashes_json),
             "nodes": {k: dict(v) for k, v in by_node.items()}}
+    work = {"tag": "item", "score": "doc"}.get(run.kind)
+    if work is not None:  # a batch run, finished or not: where it is, from the store
+        stats = store.stats(run.id)
+        info["progress"] = {"loaded": int(stats.get("loaded", 0)), "done": store.count_work(run.id, work, "done"),
+                            "failed": store.count_work(run.id, work, "failed"),
+                            "pending": store.count_work(run.id, work, "pending"),
+                            "skipped": int(stats.get("skipped", 0))}
     if args.json:
         print_json(info)
         return 0
@@ -174,6 +181,10 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             print(f"{key:<12} {info[key]}")
     print(f"{'llm':<12} {run.calls} calls, {run.cache_hits} cache hits, {run.prompt_tokens} prompt + "
           f"{run.completion_tokens} completion tokens, ${run.cost_usd:.4f}")
+    if "progress" in info:
+        p = info["progress"]
+        print(f"{'records':<12} {p['done']} done, {p['failed']} failed, {p['pending']} pending of {p['loaded']} "
+              f"loaded; {p['skipped']} bad records skipped")
     if info["metrics"]:
         print("metrics")
         for k, v in info["metrics"].items():
